@@ -1,0 +1,140 @@
+"""System checks. Every id is stable and documented in ``docs/checks.md``."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import connections
+
+from django_eventsource.backends import SUPPORTED_VENDORS
+from django_eventsource.conf import DEFAULTS, SETTING_NAME, get_settings, validate
+
+ID = "django_eventsource"
+
+
+@register(Tags.compatibility)
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E001: unknown keys; E002: bad values; E003: an unknown database alias."""
+    messages: list[CheckMessage] = []
+    unknown, bad = validate()
+    for key, message in unknown:
+        close = difflib.get_close_matches(str(key).upper(), DEFAULTS, n=1)
+        suggestion = (
+            f"Did you mean {close[0]!r}?" if close else f"Valid keys: {', '.join(DEFAULTS)}."
+        )
+        messages.append(Error(f"{SETTING_NAME}: {message}.", hint=suggestion, id=f"{ID}.E001"))
+    for key, message in bad:
+        default = DEFAULTS.get(key)
+        hint = f"The default is {default!r}." if key in DEFAULTS else None
+        where = SETTING_NAME if key == SETTING_NAME else f"{SETTING_NAME}[{key!r}]"
+        messages.append(Error(f"{where} {message}.", hint=hint, id=f"{ID}.E002"))
+    if not bad:
+        alias = get_settings().database_alias
+        if alias not in settings.DATABASES:
+            messages.append(
+                Error(
+                    f"{SETTING_NAME}['DATABASE_ALIAS'] is {alias!r}, which is not in DATABASES.",
+                    hint=f"Use one of: {', '.join(settings.DATABASES)}.",
+                    id=f"{ID}.E003",
+                )
+            )
+    return messages
+
+
+@register(Tags.compatibility)
+def check_environment(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W001: an unsupported database backend; W003: USE_TZ is off."""
+    messages: list[CheckMessage] = []
+    alias = get_settings().database_alias
+    if isinstance(alias, str) and alias in settings.DATABASES:  # a bad type is E002
+        vendor = connections[alias].vendor
+        if vendor not in SUPPORTED_VENDORS:
+            messages.append(
+                Warning(
+                    f"The event store's database {alias!r} uses the unsupported "
+                    f"{vendor!r} backend.",
+                    hint="Use PostgreSQL (production) or SQLite (development).",
+                    id=f"{ID}.W001",
+                )
+            )
+    if not settings.USE_TZ:
+        messages.append(
+            Warning(
+                "USE_TZ is False: event timestamps will be stored as naive local times.",
+                hint="Set USE_TZ = True (Django's default).",
+                id=f"{ID}.W003",
+            )
+        )
+    return messages
+
+
+@register(Tags.models)
+def check_projections(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E004: duplicate names; E005: unknown event types; E006: read models without
+    checkpoint fields; E007: an inline projection in another database than the events."""
+    from django_eventsource.events import event_registry
+    from django_eventsource.models import CHECKPOINT_FIELDS
+    from django_eventsource.projections import projection_registry
+
+    messages: list[CheckMessage] = []
+    for name, first, second in projection_registry.duplicates:
+        messages.append(
+            Error(
+                f"Two projections are named {name!r}: {_path(first)} and {_path(second)}.",
+                hint="Give each projection a unique name.",
+                obj=second,
+                id=f"{ID}.E004",
+            )
+        )
+    for cls in projection_registry.all():
+        for event_type in sorted(cls.handled_types()):
+            if event_type not in event_registry:
+                messages.append(
+                    Error(
+                        f"Projection {cls.name!r} handles {event_type!r}, which is not a "
+                        "registered event type.",
+                        hint="Decorate the event class with @register_event, or fix the name.",
+                        obj=cls,
+                        id=f"{ID}.E005",
+                    )
+                )
+        for model in dict.fromkeys((*cls.models, *cls.row_keys)):  # each model once
+            names = {f.name for f in model._meta.get_fields()}
+            missing = [f for f in CHECKPOINT_FIELDS if f not in names]
+            if missing:
+                messages.append(
+                    Error(
+                        f"Read model {model._meta.label} of projection {cls.name!r} lacks "
+                        f"the checkpoint fields {', '.join(missing)}.",
+                        hint="Make it inherit django_eventsource.models.CheckpointedModel.",
+                        obj=model,
+                        id=f"{ID}.E006",
+                    )
+                )
+        if cls.inline and cls.using and cls.using != get_settings().database_alias:
+            messages.append(
+                Error(
+                    f"Inline projection {cls.name!r} uses database {cls.using!r}, not the "
+                    f"event store's {get_settings().database_alias!r}.",
+                    hint="An inline projection shares the append's transaction: drop "
+                    "'using', or make the projection asynchronous (inline = False).",
+                    obj=cls,
+                    id=f"{ID}.E007",
+                )
+            )
+    return messages
+
+
+def _path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"

@@ -1,0 +1,272 @@
+"""Django models of the event store.
+
+``Event`` is written only by :class:`~django_eventsource.store.EventStore` (a single bulk
+``INSERT`` per append, which also computes the ordering stamp) and is append-only: the ORM
+refuses to save, update or delete its rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from django.db import models
+
+from django_eventsource.exceptions import AppendOnlyError
+
+__all__ = ["CheckpointedModel", "DeadLetter", "Event", "LagSample", "ProjectionState", "Snapshot"]
+
+NO_TENANT = ""
+
+
+def _refuse(what: str) -> NoReturn:
+    raise AppendOnlyError(
+        f"Stored events are append-only: {what} is refused. Append new events with "
+        "EventStore.append() (for example a compensating event) instead."
+    )
+
+
+class EventQuerySet(models.QuerySet["Event"]):
+    """A queryset that reads events but refuses every bulk write."""
+
+    def update(self, **kwargs: Any) -> int:
+        _refuse("QuerySet.update()")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        _refuse("QuerySet.delete()")
+
+    def bulk_create(self, *args: Any, **kwargs: Any) -> list[Event]:
+        _refuse("bulk_create()")
+
+    def bulk_update(self, *args: Any, **kwargs: Any) -> int:
+        _refuse("bulk_update()")
+
+    def get_or_create(self, *args: Any, **kwargs: Any) -> tuple[Event, bool]:
+        _refuse("get_or_create()")
+
+    def update_or_create(self, *args: Any, **kwargs: Any) -> tuple[Event, bool]:
+        _refuse("update_or_create()")
+
+
+class Event(models.Model):
+    """One stored domain event.
+
+    ``position`` is the global, ever-increasing id. On PostgreSQL positions are allocated at
+    insert but committed in any order, so readers order by ``(stamp, position)`` instead; see
+    :mod:`django_eventsource.backends.postgresql`. On SQLite writers are serialized and
+    ``stamp`` is always 0.
+    """
+
+    position = models.BigAutoField(primary_key=True)
+    stamp = models.BigIntegerField(
+        default=0,
+        editable=False,
+        help_text="Ordering stamp (PostgreSQL: causal transaction id); 0 on SQLite.",
+    )
+    event_id = models.UUIDField(unique=True, editable=False)
+    event_type = models.CharField(max_length=255)
+    schema_version = models.PositiveIntegerField(default=1)
+    tenant_id = models.CharField(max_length=255, blank=True, default=NO_TENANT)
+    aggregate_id = models.UUIDField()
+    aggregate_type = models.CharField(max_length=255, blank=True, default="")
+    aggregate_version = models.PositiveIntegerField()
+    payload = models.JSONField(default=dict)
+    metadata = models.JSONField(default=dict, blank=True)
+    correlation_id = models.UUIDField(null=True, blank=True)
+    causation_id = models.UUIDField(null=True, blank=True)
+    occurred_at = models.DateTimeField()
+    recorded_at = models.DateTimeField()
+
+    objects = EventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("stamp", "position")
+        verbose_name = "event"
+        verbose_name_plural = "events"
+        constraints = (
+            models.UniqueConstraint(
+                fields=("tenant_id", "aggregate_id", "aggregate_version"),
+                name="django_eventsource_event_stream_version",
+            ),
+        )
+        indexes = (
+            models.Index(fields=("stamp", "position"), name="django_eventsource_evt_order"),
+            models.Index(fields=("event_type", "position"), name="django_eventsource_evt_type"),
+            models.Index(
+                fields=("tenant_id", "stamp", "position"), name="django_eventsource_evt_tenant"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"#{self.position} {self.event_type} {self.aggregate_id} v{self.aggregate_version}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        _refuse("Event.save()")
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        _refuse("Event.delete()")
+
+
+class CheckpointedModel(models.Model):
+    """Abstract base of read models: each row embeds its own checkpoint (ADR-016).
+
+    The three fields name the last event applied to *this row*. They are written in the same
+    transaction as the row's other columns, so a row and its checkpoint never disagree, and an
+    event the row already holds is never applied to it again:
+
+    * rows keyed by one stream skip an event with ``aggregate_version <= last_event_version``
+      (and a gap in the stream's versions is reported, never applied over);
+    * rows fed by many streams skip an event with ``position <= last_event_position``.
+
+    Set ``checkpoint_by = "position"`` on the model for the second kind.
+    """
+
+    checkpoint_by: str = "version"
+
+    last_event_id = models.UUIDField(null=True, blank=True, editable=False)
+    last_event_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    last_event_position = models.BigIntegerField(
+        null=True, blank=True, editable=False, db_index=True
+    )
+
+    class Meta:
+        abstract = True
+
+
+CHECKPOINT_FIELDS = ("last_event_id", "last_event_version", "last_event_position")
+
+
+class ProjectionStatus(models.TextChoices):
+    IDLE = "idle", "idle"
+    RUNNING = "running", "running"
+    PAUSED = "paused", "paused"
+    FAILED = "failed", "failed"
+    REBUILDING = "rebuilding", "rebuilding"
+
+
+class ProjectionState(models.Model):
+    """One row per projection and tenant: the resume point, status and last error.
+
+    ``position`` is written in the same transaction as the batch of read-model writes it
+    covers (once per batch, never per event), so it never claims uncommitted work.
+    """
+
+    name = models.CharField(max_length=200)
+    tenant_id = models.CharField(max_length=255, blank=True, default=NO_TENANT)
+    position = models.BigIntegerField(null=True, blank=True)
+    status = models.CharField(
+        max_length=20, choices=ProjectionStatus.choices, default=ProjectionStatus.IDLE
+    )
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    owner = models.CharField(max_length=255, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    failed_event_position = models.BigIntegerField(null=True, blank=True)
+    failed_event_id = models.UUIDField(null=True, blank=True)
+    failed_event_type = models.CharField(max_length=255, blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    events_processed = models.BigIntegerField(default=0)
+    last_progress_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    Status = ProjectionStatus
+
+    class Meta:
+        ordering = ("name", "tenant_id")
+        verbose_name = "projection"
+        verbose_name_plural = "projections"
+        constraints = (
+            models.UniqueConstraint(
+                fields=("name", "tenant_id"), name="django_eventsource_projection_tenant"
+            ),
+        )
+        permissions = (
+            ("pause_projection", "Can pause and resume projections"),
+            ("retry_projection", "Can retry or skip a projection's failed event"),
+            ("rebuild_projection", "Can rebuild projections"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.tenant_id})" if self.tenant_id else self.name
+
+
+class DeadLetter(models.Model):
+    """An event a projection could not apply and set aside (``ERROR_POLICY = "dead_letter"``)."""
+
+    projection = models.CharField(max_length=200)
+    tenant_id = models.CharField(max_length=255, blank=True, default=NO_TENANT)
+    event_position = models.BigIntegerField()
+    event_id = models.UUIDField()
+    event_type = models.CharField(max_length=255)
+    error = models.TextField()
+    traceback = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        verbose_name = "dead letter"
+        verbose_name_plural = "dead letters"
+        constraints = (
+            models.UniqueConstraint(
+                fields=("projection", "tenant_id", "event_position"),
+                name="django_eventsource_deadletter_event",
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.projection}: {self.event_type} #{self.event_position}"
+
+
+class LagSample(models.Model):
+    """A projection's lag at one moment, recorded by runners for the admin's lag chart."""
+
+    name = models.CharField(max_length=200)
+    tenant_id = models.CharField(max_length=255, blank=True, default=NO_TENANT)
+    position = models.BigIntegerField()
+    head = models.BigIntegerField()
+    lag_events = models.BigIntegerField()
+    lag_seconds = models.FloatField()
+    recorded_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ("name", "tenant_id", "recorded_at")
+        verbose_name = "lag sample"
+        verbose_name_plural = "lag samples"
+        indexes = (
+            models.Index(
+                fields=("name", "tenant_id", "recorded_at"), name="django_eventsource_lag_time"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.name} lag {self.lag_events} at {self.recorded_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Snapshot(models.Model):
+    """The latest snapshot of one aggregate's state, to load it without replaying it all.
+
+    ``schema_version`` is the aggregate class's snapshot version when it was taken; a
+    snapshot of another version is ignored (and replaced), never trusted.
+    """
+
+    tenant_id = models.CharField(max_length=255, blank=True, default=NO_TENANT)
+    aggregate_id = models.UUIDField()
+    aggregate_type = models.CharField(max_length=255)
+    version = models.PositiveIntegerField()
+    schema_version = models.PositiveIntegerField(default=1)
+    state = models.JSONField()
+    created_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "snapshot"
+        verbose_name_plural = "snapshots"
+        constraints = (
+            models.UniqueConstraint(
+                fields=("tenant_id", "aggregate_type", "aggregate_id"),
+                name="django_eventsource_snapshot_stream",
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.aggregate_type} {self.aggregate_id} v{self.version}"
