@@ -1,0 +1,352 @@
+"""Projections: classes whose ``@handles`` methods turn events into read-model rows.
+
+::
+
+    class TaskBoard(DeclarativeProjection):
+        name = "task_board"
+        models = [TaskSummary]
+        row_keys = {TaskSummary: "task_id"}   # rows keyed by one stream: prefetched per batch
+
+        @handles(TaskCreated)
+        def created(self, event: TaskCreated) -> None:
+            if row := self.row(TaskSummary, event, task_id=event.aggregate_id):
+                row.title = event.title
+
+``self.row()`` returns the row to change (loaded or new), or None when the row already holds
+the event (a replay): the row's embedded checkpoint is set for you and written in the same
+transaction as the row. A projection that sets ``name`` is registered, and run by
+``manage.py replay_projections``; set ``inline = True`` to apply it inside each append's own
+transaction instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from asgiref.sync import async_to_sync, sync_to_async
+from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
+
+from django_eventsource.events import DomainEvent
+from django_eventsource.exceptions import ProjectionError
+from django_eventsource.store import StoredEvent
+
+if TYPE_CHECKING:
+    from django.db.models import Model
+
+    from django_eventsource.rows import RowSet
+    from django_eventsource.store import BaseEventStore
+
+__all__ = [
+    "DeclarativeProjection",
+    "Projection",
+    "ProjectionRegistry",
+    "handles",
+    "projection_registry",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+M = TypeVar("M", bound="Model")
+HANDLES_ATTR = "__eventsource_handles__"
+
+
+def handles(*event_types: type[DomainEvent] | str) -> Callable[[F], F]:
+    """Mark a projection method as the handler of one or more event types (classes or names).
+
+    The method receives the typed event; it may be ``async def``.
+    """
+    if not event_types:
+        raise TypeError("@handles() needs at least one event type")
+    names = []
+    for event_type in event_types:
+        if isinstance(event_type, str):
+            names.append(event_type)
+        elif isinstance(event_type, type) and issubclass(event_type, DomainEvent):
+            names.append(event_type.default_event_type())
+        else:
+            raise TypeError(
+                f"@handles() takes DomainEvent classes or type names, not {event_type!r}"
+            )
+
+    def decorator(function: F) -> F:
+        existing = getattr(function, HANDLES_ATTR, ())
+        setattr(function, HANDLES_ATTR, (*existing, *names))
+        return function
+
+    return decorator
+
+
+class Projection:
+    """Base class of projections. Subclass it (or :class:`DeclarativeProjection`) and mark
+    handler methods with :func:`handles`.
+
+    Class attributes, all optional:
+
+    * ``name``: registers the projection under this name (unique) for the runner and commands.
+    * ``models``: the read models it writes (``CheckpointedModel`` subclasses); the default
+      :meth:`_truncate_read_models` deletes their rows on rebuild.
+    * ``row_keys``: ``{Model: "field"}`` for rows keyed by one stream: the field holds the
+      event's ``aggregate_id``, and a batch loads all its rows with one query.
+    * ``inline``: apply inside the append's own transaction (read-your-writes in a request).
+    * ``using``: the database alias of the read models and checkpoint (default: the store's).
+    * ``error_policy``: ``"pause"`` or ``"dead_letter"`` (default: ``EVENTSOURCE``'s).
+    * ``transactional``: run handlers inside ``transaction.atomic`` (default True).
+    """
+
+    name: ClassVar[str | None] = None
+    models: ClassVar[Sequence[type[Model]]] = ()
+    row_keys: ClassVar[Mapping[type[Model], str]] = {}
+    inline: ClassVar[bool] = False
+    using: ClassVar[str | None] = None
+    error_policy: ClassVar[str | None] = None
+    transactional: ClassVar[bool] = True
+
+    _handlers: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        handlers: dict[str, str] = {}
+        for base in reversed(cls.__mro__[1:]):
+            handlers.update(getattr(base, "_handlers", {}))
+        own: dict[str, str] = {}
+        for attribute, value in cls.__dict__.items():
+            for event_type in getattr(value, HANDLES_ATTR, ()):
+                if event_type in own:
+                    raise ImproperlyConfigured(
+                        f"{cls.__qualname__} has two handlers for {event_type!r}: "
+                        f"{own[event_type]}() and {attribute}()."
+                    )
+                own[event_type] = attribute
+        handlers.update(own)
+        cls._handlers = handlers
+        if "name" in cls.__dict__ and cls.name:
+            projection_registry.register(cls)
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self.event_store: BaseEventStore | None = None
+
+    # Routing ------------------------------------------------------------------------------
+
+    @classmethod
+    def handled_types(cls) -> frozenset[str]:
+        """The event type names this projection has handlers for."""
+        return frozenset(cls._handlers)
+
+    def handler_for(self, event_type: str) -> Callable[[DomainEvent], Any] | None:
+        """The bound handler for ``event_type``, or None when the projection ignores it."""
+        attribute = self._handlers.get(event_type)
+        return getattr(self, attribute) if attribute else None
+
+    @property
+    def database(self) -> str:
+        """The alias the read models and this projection's checkpoint live in."""
+        if self.using:
+            return self.using
+        from django_eventsource.conf import get_settings
+
+        return get_settings().database_alias
+
+    @property
+    def label(self) -> str:
+        """The name used in errors and status: ``name``, or the class name."""
+        return self.name or type(self).__name__
+
+    # Applying events ----------------------------------------------------------------------
+
+    def handle(self, event: DomainEvent | StoredEvent) -> bool:
+        """Apply one event; returns whether the projection has a handler for its type.
+
+        Runs inside ``transaction.atomic`` on :attr:`database`, together with the rows'
+        embedded checkpoints. A failing handler rolls everything back and raises
+        :class:`~django_eventsource.ProjectionError`.
+        """
+        if self.handler_for(event.event_type) is None:
+            return False
+        from django_eventsource.rows import RowSet
+
+        with self._atomic():
+            rows = RowSet(self, tenant_id=event.tenant_id)
+            self.apply(event, rows)
+            rows.flush()
+        return True
+
+    async def ahandle(self, event: DomainEvent | StoredEvent) -> bool:
+        """Async twin of :meth:`handle` (async handlers run in the same transaction)."""
+        return await sync_to_async(self.handle)(event)
+
+    def apply(self, event: DomainEvent | StoredEvent, rows: RowSet) -> bool:
+        """Run the handler for ``event`` against a unit of work (no transaction of its own).
+
+        The runner calls this for each event of a batch; :meth:`handle` wraps it.
+        """
+        handler = self.handler_for(event.event_type)
+        if handler is None:
+            return False
+        domain = event.event if isinstance(event, StoredEvent) else event
+        previous = getattr(self._local, "rows", None)
+        self._local.rows = rows
+        try:
+            if inspect.iscoroutinefunction(handler):
+                async_to_sync(handler)(domain)
+            else:
+                handler(domain)
+        except ProjectionError:
+            raise
+        except Exception as exc:
+            raise ProjectionError(
+                self.label,
+                event_id=domain.event_id,
+                event_type=domain.event_type,
+                position=_position(event),
+                tenant_id=domain.tenant_id,
+                cause=exc,
+            ) from exc
+        finally:
+            self._local.rows = previous
+        return True
+
+    def _atomic(self) -> Any:
+        if not self.transactional:
+            from contextlib import nullcontext
+
+            return nullcontext()
+        return transaction.atomic(using=self.database)
+
+    # Rows ---------------------------------------------------------------------------------
+
+    @property
+    def rows(self) -> RowSet:
+        """The unit of work of the event being handled (only inside a handler)."""
+        rows = getattr(self._local, "rows", None)
+        if rows is None:
+            raise RuntimeError("Projection.rows is only available inside a handler.")
+        return rows  # type: ignore[no-any-return]
+
+    def row(self, model: type[M], event: DomainEvent, **lookup: Any) -> M | None:
+        """The row of ``model`` matching ``lookup`` to apply ``event`` to (created if missing),
+        or None when the row already holds the event. Its checkpoint is set for you."""
+        return self.rows.get(model, event, **lookup)
+
+    def delete_row(self, row: Model) -> None:
+        """Delete ``row`` when the batch commits (prefer a soft delete: see the docs)."""
+        self.rows.delete(row)
+
+    # Rebuild ------------------------------------------------------------------------------
+
+    def _truncate_read_models(self, tenant_id: str | None = None) -> None:
+        """Delete the read models' rows (one tenant's, if given). Called by rebuilds.
+
+        Override it when the projection keeps state elsewhere.
+        """
+        for model in self.models:
+            queryset = model._default_manager.using(self.database).all()
+            if tenant_id is not None and _has_field(model, "tenant_id"):
+                queryset = queryset.filter(tenant_id=tenant_id)
+            queryset.delete()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label!r}>"
+
+
+class DeclarativeProjection(Projection):
+    """The tutorial's name for :class:`Projection`: routes events to ``@handles`` methods."""
+
+
+def _position(event: DomainEvent | StoredEvent) -> int | None:
+    if isinstance(event, StoredEvent):
+        return event.position
+    return event._position
+
+
+def _has_field(model: type[Model], name: str) -> bool:
+    return any(f.name == name for f in model._meta.concrete_fields)
+
+
+class ProjectionRegistry:
+    """The registered projection classes, by unique name."""
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type[Projection]] = {}
+        #: (name, first class, second class) for every clash; reported by check E004.
+        self.duplicates: list[tuple[str, type[Projection], type[Projection]]] = []
+
+    def register(self, cls: type[Projection]) -> type[Projection]:
+        """Register ``cls`` under ``cls.name`` (re-defining the same class replaces it)."""
+        name = cls.name
+        if not name:
+            raise ImproperlyConfigured(f"{cls.__qualname__} needs a name to be registered.")
+        existing = self._classes.get(name)
+        if existing is not None and _qualname(existing) != _qualname(cls):
+            self.duplicates.append((name, existing, cls))
+            return cls
+        self._classes[name] = cls
+        return cls
+
+    def unregister(self, name: str) -> None:
+        self._classes.pop(name, None)
+
+    def get(self, name: str) -> type[Projection]:
+        """The class registered as ``name``; ``KeyError`` listing the known names if none."""
+        try:
+            return self._classes[name]
+        except KeyError:
+            known = ", ".join(sorted(self._classes)) or "none"
+            raise KeyError(f"Unknown projection {name!r}. Known projections: {known}.") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._classes)
+
+    def all(self) -> list[type[Projection]]:
+        return [self._classes[name] for name in self.names()]
+
+    def inline(self) -> list[type[Projection]]:
+        """The projections applied inside each append's transaction."""
+        return [cls for cls in self.all() if cls.inline]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._classes
+
+    def __iter__(self) -> Iterator[type[Projection]]:
+        return iter(self.all())
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+#: The process-wide registry that projections with a ``name`` join when defined.
+projection_registry = ProjectionRegistry()
+
+
+def resolve(names: Iterable[str] | None = None) -> list[Projection]:
+    """Instances of the named projections (all registered ones when ``names`` is empty)."""
+    classes = [projection_registry.get(n) for n in names] if names else projection_registry.all()
+    return [cls() for cls in classes]
+
+
+def run_inline(store: BaseEventStore, events: Sequence[StoredEvent]) -> None:
+    """Apply every inline projection to freshly appended events, in the caller's transaction.
+
+    A failure raises :class:`~django_eventsource.ProjectionError`, which rolls the append back.
+    """
+    from django_eventsource.rows import RowSet
+    from django_eventsource.store import EventStore
+
+    for cls in projection_registry.inline():
+        projection = cls()
+        projection.event_store = store
+        if isinstance(store, EventStore) and projection.database != store.using:
+            raise ImproperlyConfigured(
+                f"Inline projection {projection.label!r} writes to database "
+                f"{projection.database!r} but the events go to {store.using!r}; an inline "
+                "projection must share the append's transaction. Make it asynchronous."
+            )
+        with projection._atomic():
+            rows = RowSet(projection, tenant_id=events[0].tenant_id if events else None)
+            for event in events:
+                projection.apply(event, rows)
+            rows.flush()

@@ -1,0 +1,205 @@
+"""The unit of work behind ``Projection.row()``: read-model rows with embedded checkpoints.
+
+A :class:`RowSet` lives for one transaction (one event, or one batch of the runner). It
+loads each row at most once (a batch prefetches rows keyed by stream with one query),
+decides per row whether an event was already applied (ADR-016), stamps the row's checkpoint,
+and writes every changed row back with one bulk upsert per model when flushed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+from uuid import UUID
+
+from django.db import connections, models
+
+from django_eventsource.events import DomainEvent
+from django_eventsource.exceptions import EventGapError
+from django_eventsource.store import TABLE, StoredEvent
+
+if TYPE_CHECKING:
+    from django_eventsource.projections import Projection
+
+__all__ = ["RowSet"]
+
+M = TypeVar("M", bound=models.Model)
+_MISSING = object()
+
+
+def _key(model: type[models.Model], lookup: dict[str, Any]) -> tuple[Any, ...]:
+    return (model, *sorted(lookup.items()))
+
+
+class RowSet:
+    """Rows touched by the events of one transaction, keyed by model and lookup."""
+
+    def __init__(self, projection: Projection, *, tenant_id: str | None = None) -> None:
+        self.projection = projection
+        self.using = projection.database
+        self.tenant_id = tenant_id
+        self._rows: dict[tuple[Any, ...], Any] = {}
+        self._dirty: dict[int, models.Model] = {}
+        self._deleted: dict[int, models.Model] = {}
+        self._lock = connections[self.using].vendor == "postgresql"
+
+    # Loading ------------------------------------------------------------------------------
+
+    def _queryset(self, model: type[M]) -> models.QuerySet[M]:
+        queryset = model._default_manager.using(self.using).all()
+        if self._lock:
+            # Inline projections may update one row from concurrent appends: serialize them.
+            queryset = queryset.select_for_update()
+        return queryset
+
+    def prefetch(self, events: Iterable[StoredEvent]) -> None:
+        """Load the rows of every ``row_keys`` model for these events' streams, one query each."""
+        keys = self.projection.row_keys
+        if not keys:
+            return
+        handled = self.projection.handled_types()
+        wanted: dict[str | None, set[UUID]] = {}
+        for event in events:
+            if event.event_type in handled:
+                wanted.setdefault(event.tenant_id, set()).add(event.aggregate_id)
+        for model, field in keys.items():
+            tenant_field = _has_tenant(model)
+            for tenant, ids in wanted.items():
+                lookup: dict[str, Any] = {f"{field}__in": ids}
+                if tenant_field:
+                    lookup["tenant_id"] = tenant or ""
+                found = {
+                    getattr(row, field): row for row in self._queryset(model).filter(**lookup)
+                }
+                for aggregate_id in ids:
+                    row_lookup: dict[str, Any] = {field: aggregate_id}
+                    if tenant_field:
+                        row_lookup["tenant_id"] = tenant or ""
+                    self._rows.setdefault(_key(model, row_lookup), found.get(aggregate_id))
+
+    def _load(self, model: type[M], lookup: dict[str, Any]) -> M | None:
+        key = _key(model, lookup)
+        row = self._rows.get(key, _MISSING)
+        if row is _MISSING:
+            row = self._queryset(model).filter(**lookup).first()
+            self._rows[key] = row
+        return cast("M | None", row)
+
+    # The checkpoint decision --------------------------------------------------------------
+
+    def get(self, model: type[M], event: DomainEvent, **lookup: Any) -> M | None:
+        """The row to apply ``event`` to (new or loaded), or None if it already holds it."""
+        if _has_tenant(model) and "tenant_id" not in lookup:
+            lookup["tenant_id"] = event.tenant_id or ""
+        row = self._load(model, lookup)
+        if row is None:
+            row = model(**lookup)
+            self._rows[_key(model, lookup)] = row
+        elif id(row) in self._deleted:
+            return None
+        by = getattr(model, "checkpoint_by", "version")
+        if by == "position":
+            position = event._position
+            if position is None:
+                raise ValueError(
+                    f"{model.__name__} checkpoints by position, but event {event.event_id} "
+                    "has not been stored (it has no position)."
+                )
+            held = row.last_event_position  # type: ignore[attr-defined]
+            if held is not None and position <= held:
+                return None
+        else:
+            held = row.last_event_version  # type: ignore[attr-defined]
+            if held is not None and event.aggregate_version <= held:
+                return None
+            if event.aggregate_version > (held or 0) + 1:
+                self._check_gap(model, event, held)
+        row.last_event_id = event.event_id  # type: ignore[attr-defined]
+        row.last_event_version = event.aggregate_version  # type: ignore[attr-defined]
+        row.last_event_position = event._position  # type: ignore[attr-defined]
+        self._dirty[id(row)] = row
+        return row
+
+    def _check_gap(self, model: type[models.Model], event: DomainEvent, held: int | None) -> None:
+        """Fail if the stream has events this projection handles between held and incoming."""
+        store = self.projection.event_store
+        from django_eventsource.store import EventStore
+
+        if store is not None and not isinstance(store, EventStore):
+            missed = [
+                e
+                for e in store.read_stream(event.aggregate_id, tenant_id=event.tenant_id)
+                if (held or 0) < e.aggregate_version < event.aggregate_version
+                and e.event_type in self.projection.handled_types()
+            ]
+            if missed:
+                raise EventGapError(
+                    model.__name__, event.aggregate_id, held, event.aggregate_version
+                )
+            return
+        using = store.using if isinstance(store, EventStore) else self.using
+        types = sorted(self.projection.handled_types())
+        connection = connections[using]
+        aggregate = (
+            event.aggregate_id if connection.vendor == "postgresql" else event.aggregate_id.hex
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT 1 FROM {TABLE} WHERE tenant_id = %s AND aggregate_id = %s "
+                "AND aggregate_version > %s AND aggregate_version < %s "
+                f"AND event_type IN ({', '.join(['%s'] * len(types))}) LIMIT 1",
+                [event.tenant_id or "", aggregate, held or 0, event.aggregate_version, *types],
+            )
+            if cursor.fetchone() is not None:
+                raise EventGapError(
+                    model.__name__, event.aggregate_id, held, event.aggregate_version
+                )
+
+    def delete(self, row: models.Model) -> None:
+        self._dirty.pop(id(row), None)
+        if row.pk is not None:
+            self._deleted[id(row)] = row
+
+    # Writing ------------------------------------------------------------------------------
+
+    def flush(self) -> int:
+        """Write every changed row (one bulk upsert per model) and delete the deleted ones."""
+        by_model: dict[type[models.Model], list[models.Model]] = {}
+        for row in self._dirty.values():
+            by_model.setdefault(type(row), []).append(row)
+        for model, rows in by_model.items():
+            fields = [
+                f.name
+                for f in model._meta.concrete_fields
+                if not f.primary_key and not getattr(f, "auto_now_add", False)
+            ]
+            existing = [r for r in rows if r.pk is not None]
+            new = [r for r in rows if r.pk is None]
+            manager = model._default_manager.db_manager(self.using)
+            if existing:
+                manager.bulk_create(
+                    existing,
+                    update_conflicts=True,
+                    unique_fields=[model._meta.pk.name],
+                    update_fields=fields,
+                )
+            if new:
+                manager.bulk_create(new)
+        for model_rows in _group(self._deleted.values()).items():
+            model, rows = model_rows
+            model._default_manager.using(self.using).filter(pk__in=[r.pk for r in rows]).delete()
+        written = len(self._dirty) + len(self._deleted)
+        self._dirty.clear()
+        self._deleted.clear()
+        return written
+
+
+def _group(rows: Iterable[models.Model]) -> dict[type[models.Model], list[models.Model]]:
+    grouped: dict[type[models.Model], list[models.Model]] = {}
+    for row in rows:
+        grouped.setdefault(type(row), []).append(row)
+    return grouped
+
+
+def _has_tenant(model: type[models.Model]) -> bool:
+    return any(f.name == "tenant_id" for f in model._meta.concrete_fields)
