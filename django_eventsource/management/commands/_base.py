@@ -1,0 +1,195 @@
+"""What the projection commands share: arguments, name resolution and progress output."""
+
+from __future__ import annotations
+
+import difflib
+import sys
+import time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
+
+from django_eventsource.projections import Projection, projection_registry
+
+
+class ProjectionCommand(BaseCommand):
+    """Base of ``replay_projections``, ``rebuild_projections`` and ``projection_status``."""
+
+    #: Whether no names means every projection (True) or is an error (False).
+    all_by_default = True
+    #: Whether a bare run (no names, no --all) leaves inline projections out.
+    skip_inline_by_default = False
+    tenant_help = "Only this tenant's events, rows and checkpoint."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "names",
+            nargs="*",
+            metavar="NAME",
+            help="Projection names (see projection_status). "
+            + ("Default: all." if self.all_by_default else "Or use --all."),
+        )
+        parser.add_argument("--all", action="store_true", help="Every registered projection.")
+        parser.add_argument("--tenant", default=None, help=self.tenant_help)
+        parser.add_argument(
+            "--database",
+            default=None,
+            help="Database alias of the event store (default: EVENTSOURCE['DATABASE_ALIAS']).",
+        )
+
+    def resolve(self, names: list[str], options: dict[str, Any]) -> list[Projection]:
+        """Projection instances for the names given; CommandError naming the known ones."""
+        known = projection_registry.names()
+        if options.get("all") and names:
+            raise CommandError("Give projection names or --all, not both.")
+        if not names:
+            if not (options.get("all") or self.all_by_default):
+                raise CommandError(
+                    "Name the projections to act on, or pass --all. Known projections: "
+                    + (", ".join(known) or "none")
+                    + "."
+                )
+            if not known:
+                raise CommandError(
+                    "No projections are registered. Define a Projection subclass with a name "
+                    "in an installed app's projections.py."
+                )
+            names = known
+            if self.skip_inline_by_default and not options.get("all"):
+                # Inline projections are kept current by the appends themselves.
+                names = [n for n in known if not projection_registry.get(n).inline]
+        unknown = [n for n in names if n not in projection_registry]
+        if unknown:
+            hints = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, known, n=1)
+                hints.append(
+                    f"Unknown projection {name!r}."
+                    + (f" Did you mean {close[0]!r}?" if close else "")
+                )
+            raise CommandError(
+                " ".join(hints) + f" Known projections: {', '.join(known) or 'none'}."
+            )
+        return [projection_registry.get(name)() for name in dict.fromkeys(names)]
+
+    def check_database(self, options: dict[str, Any]) -> str | None:
+        alias = options.get("database")
+        if alias is not None and alias not in connections:
+            raise CommandError(
+                f"Unknown database {alias!r}. Configured databases: {', '.join(connections)}."
+            )
+        return alias
+
+
+class ProgressPrinter:
+    """Turns runner progress callbacks into ``migrate``-style lines (or a live bar on a TTY)."""
+
+    def __init__(self, command: BaseCommand, verbosity: int, *, every: float = 2.0) -> None:
+        self.command = command
+        self.verbosity = verbosity
+        self.every = every
+        self.heads: dict[str, int] = {}
+        self.started: dict[str, float] = {}
+        self.last_line = 0.0
+        self.bars: dict[str, Any] = {}
+        self.tty = verbosity >= 1 and _isatty(command.stdout)
+
+    def __call__(self, kind: str, **data: Any) -> None:
+        out, style = self.command.stdout, self.command.style
+        name = data.get("projection", "")
+        if kind == "start":
+            self.heads[name] = data.get("head", 0)
+            self.started[name] = time.monotonic()
+            todo = max(self.heads[name] - data.get("position", 0), 0)
+            if self.tty and todo:
+                self.bars[name] = _bar(name, todo, out)
+            elif self.verbosity >= 1:
+                out.write(f"  {name} from {data.get('position', 0)} (head {self.heads[name]})")
+        elif kind == "batch":
+            bar = self.bars.get(name)
+            if bar is not None:
+                bar.update(data.get("events", 0))
+            elif self.verbosity >= 2 or (
+                self.verbosity >= 1 and time.monotonic() - self.last_line >= self.every
+            ):
+                self.last_line = time.monotonic()
+                out.write(self._progress_line(name, data))
+        elif kind == "done":
+            self._close_bar(name)
+            result = data["result"]
+            if self.verbosity >= 1:
+                elapsed = time.monotonic() - self.started.get(name, time.monotonic())
+                rate = (
+                    f", {result.events_read / elapsed:,.0f} events/s"
+                    if elapsed > 0 and self.verbosity >= 2
+                    else ""
+                )
+                out.write(
+                    f"  {name} {result.start_position} → {result.position} "
+                    f"({result.events_read} events, {result.events_applied} handled{rate})"
+                    + style.SUCCESS(" OK")
+                )
+        elif kind in ("failed", "dead_lettered", "retry"):
+            self._close_bar(name)
+            if kind == "retry" and self.verbosity < 2:
+                return
+            label = {"failed": "FAILED", "dead_lettered": "DEAD-LETTERED", "retry": "retrying"}[
+                kind
+            ]
+            self.command.stderr.write(
+                style.ERROR(
+                    f"  {name}: {label} at event #{data.get('position')}: {data.get('error')}"
+                )
+            )
+        elif kind in ("locked", "standby"):
+            if self.verbosity >= 1:
+                holder = data.get("holder") or "another runner"
+                out.write(
+                    style.WARNING(
+                        f"  {name}: held by {holder}; waiting as a standby"
+                        if kind == "standby"
+                        else f"  {name}: held by {holder}; skipped"
+                    )
+                )
+        elif kind == "took_over" and self.verbosity >= 1:
+            out.write(style.NOTICE(f"  {name}: took over"))
+        elif kind == "skipped" and self.verbosity >= 1:
+            out.write(style.WARNING(f"  {name}: {data.get('status')}; skipped (resume it first)"))
+        elif kind == "reset" and self.verbosity >= 1:
+            out.write(f"  {name}: rows and checkpoint reset")
+        elif kind == "signal" and self.verbosity >= 1:
+            out.write(
+                style.WARNING(f"Received {data.get('signal')}: finishing the batch in hand...")
+            )
+        elif kind == "disconnected" and self.verbosity >= 1:
+            self.command.stderr.write(
+                style.WARNING(f"Database unavailable ({data.get('error')}); retrying...")
+            )
+
+    def _progress_line(self, name: str, data: dict[str, Any]) -> str:
+        head = self.heads.get(name, 0)
+        done = data.get("total", 0)
+        elapsed = max(time.monotonic() - self.started.get(name, time.monotonic()), 1e-9)
+        rate = done / elapsed
+        left = max(head - data.get("position", 0), 0)
+        eta = f", ETA {left / rate:,.0f}s" if rate > 0 and left else ""
+        return f"  {name}: at {data.get('position')} of {head} ({done} events, {rate:,.0f}/s{eta})"
+
+    def _close_bar(self, name: str) -> None:
+        bar = self.bars.pop(name, None)
+        if bar is not None:
+            bar.close()
+
+
+def _isatty(stream: Any) -> bool:
+    target = getattr(stream, "_out", stream)
+    return bool(getattr(target, "isatty", lambda: False)())
+
+
+def _bar(name: str, total: int, out: Any) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=f"  {name}", unit="ev", file=getattr(out, "_out", sys.stdout), leave=True
+    )

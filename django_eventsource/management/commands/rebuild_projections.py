@@ -1,0 +1,93 @@
+"""``manage.py rebuild_projections``: reset projections and replay every event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import CommandError, CommandParser
+
+from django_eventsource.exceptions import ProjectionLocked
+from django_eventsource.management.commands._base import ProgressPrinter, ProjectionCommand
+from django_eventsource.rebuild import plan_rebuild, rebuild
+from django_eventsource.store import EventStore
+
+
+class Command(ProjectionCommand):
+    help = (
+        "Delete the rows of the named projections (through _truncate_read_models), reset "
+        "their checkpoints and replay every event in batches. Resumes an interrupted "
+        "rebuild. Refuses while a live runner holds a projection (or waits with --wait). "
+        "Readers see the projection fill up as it rebuilds."
+    )
+    requires_migrations_checks = True
+    all_by_default = False
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument(
+            "--noinput",
+            "--no-input",
+            action="store_false",
+            dest="interactive",
+            help="Do not ask for confirmation.",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Show what would be deleted and replayed."
+        )
+        parser.add_argument("--batch-size", type=int, default=None, help="Events per transaction.")
+        parser.add_argument(
+            "--wait", action="store_true", help="Wait for a live runner to release the projection."
+        )
+        parser.add_argument(
+            "--restart",
+            action="store_true",
+            help="Start over even if an interrupted rebuild could be resumed.",
+        )
+
+    def handle(self, *names: str, **options: Any) -> None:
+        if options["batch_size"] is not None and options["batch_size"] <= 0:
+            raise CommandError("--batch-size must be a positive integer.")
+        projections = self.resolve(list(options["names"]) + list(names), options)
+        store = EventStore(self.check_database(options))
+        tenant = options["tenant"]
+        plans = [plan_rebuild(p, tenant_id=tenant, event_store=store) for p in projections]
+        for plan in plans:
+            action = "resume the interrupted rebuild of" if plan.resuming else "delete"
+            rows = (
+                ""
+                if plan.resuming
+                else f" {plan.rows} rows of {', '.join(plan.tables) or 'no tables'} and"
+            )
+            self.stdout.write(
+                f"{plan.projection}: will {action}{rows} replay up to {plan.events} events"
+                + (f" (tenant {tenant})" if tenant else "")
+                + "."
+            )
+        if options["dry_run"]:
+            self.stdout.write("Dry run: nothing was changed.")
+            return
+        if options["interactive"]:
+            answer = input("Type 'yes' to continue: ")
+            if answer.strip().lower() != "yes":
+                raise CommandError("Rebuild cancelled.")
+        printer = ProgressPrinter(self, options["verbosity"])
+        for projection in projections:
+            try:
+                result = rebuild(
+                    projection,
+                    tenant_id=tenant,
+                    event_store=store,
+                    batch_size=options["batch_size"],
+                    progress_callback=printer,
+                    wait=options["wait"],
+                    restart=options["restart"],
+                    install_signal_handlers=True,
+                )
+            except ProjectionLocked as exc:
+                raise CommandError(
+                    f"{exc} Nothing was changed. Stop that runner, or run again with --wait."
+                ) from exc
+            if result.failed:
+                raise CommandError(
+                    f"Rebuild of {projection.label!r} failed; see projection_status.", returncode=1
+                )
