@@ -3,7 +3,7 @@
 * PostgreSQL: a session-level advisory lock held on a dedicated connection. If the process
   dies, its connection closes and PostgreSQL releases the lock at once.
 * SQLite: a lease on the projection's ``ProjectionState`` row (owner + expiry), renewed by
-  the heartbeat. A dead runner's lease expires after ``3 × HEARTBEAT_INTERVAL`` seconds
+  the heartbeat. A dead runner's lease expires after ``3 * HEARTBEAT_INTERVAL`` seconds
   (at least one), and a standby takes over then.
 """
 

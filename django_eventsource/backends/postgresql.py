@@ -102,9 +102,10 @@ class PostgreSQLBackend(Backend):
         whole statement on every append. The cursor is still wrapped by Django, so query
         logging, execute wrappers and error translation work as usual.
         """
-        from django.db.backends.postgresql.base import ServerBindingCursor  # type: ignore[attr-defined]
+        from django.db.backends.postgresql.base import ServerBindingCursor
 
         connection.close_if_health_check_failed()
         connection.ensure_connection()
         with connection.wrap_database_errors:
-            return connection._prepare_cursor(ServerBindingCursor(connection.connection))  # type: ignore[no-any-return]
+            cursor = ServerBindingCursor(connection.connection)  # type: ignore[call-arg]
+            return connection._prepare_cursor(cursor)  # type: ignore[attr-defined,no-any-return]

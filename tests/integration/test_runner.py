@@ -1,0 +1,159 @@
+"""ProjectionRunner: catch-up, error policy (retry, pause, dead-letter), locks, follow."""
+
+from __future__ import annotations
+
+import threading
+import time
+from uuid import uuid4
+
+import pytest
+from django.db import connections
+
+from django_eventsource import DeadLetter, EventStore, ProjectionState, control
+from django_eventsource.locks import lock_for
+from django_eventsource.runner import ProjectionRunner
+from tests.factories import task_history
+from tests.fold import fold_task_board, task_board_rows
+from tests.testapp.events import TaskCreated, TaskRenamed
+from tests.testapp.projections import TaskBoard
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def poisoned_history(store: EventStore) -> tuple[int, int]:
+    """Three tasks; the second one's rename to 'boom' makes TaskBoard fail."""
+    task_history(store, tasks=3, renames=0, seed=1)
+    bad = uuid4()
+    store.append(bad, [TaskCreated(aggregate_id=bad, title="ok")])
+    [poison] = store.append(bad, [TaskRenamed(aggregate_id=bad, title="boom")])
+    task_history(store, tasks=3, renames=0, seed=2)
+    return poison.position, store.head_position()
+
+
+def test_catch_up_applies_everything_and_goes_idle() -> None:
+    store = EventStore()
+    task_history(store, tasks=20, renames=3, seed=3)
+    events: list[str] = []
+    runner = ProjectionRunner(
+        [TaskBoard()], batch_size=7, progress_callback=lambda kind, **_: events.append(kind)
+    )
+    result = runner.run_until_caught_up()
+    assert result.events_applied == len(store.read_all())
+    assert not result.failed
+    assert task_board_rows() == fold_task_board(store)
+    state = ProjectionState.objects.get(name="task_board")
+    assert state.status == "idle"
+    assert state.position == store.head_position()
+    assert state.heartbeat_at is not None
+    assert events[0] == "start" and events[-1] == "done" and "batch" in events
+    # Nothing new: a second run reads nothing.
+    assert ProjectionRunner([TaskBoard()]).run_until_caught_up().events_applied == 0
+
+
+def test_poison_event_is_retried_then_pauses_before_it() -> None:
+    store = EventStore()
+    poison, head = poisoned_history(store)
+    retries: list[dict] = []
+    runner = ProjectionRunner(
+        [TaskBoard()],
+        batch_size=100,
+        progress_callback=lambda kind, **data: kind == "retry" and retries.append(data),
+    )
+    result = runner.run_until_caught_up()
+    assert result.failed == ["task_board"]
+    assert len(retries) == 3  # EVENTSOURCE MAX_RETRIES default
+    state = ProjectionState.objects.get(name="task_board")
+    assert state.status == "failed"
+    assert state.failed_event_position == poison
+    assert state.position == poison - 1  # everything before the poison event was committed
+    assert "ValueError" in state.last_error and "boom" in state.last_error
+    assert state.attempts == 4
+    # A failed projection is skipped until resumed; resuming retries the same event.
+    again = ProjectionRunner([TaskBoard()]).run_until_caught_up()
+    assert again.skipped == ["task_board"]
+    control.resume("task_board")
+    assert ProjectionRunner([TaskBoard()]).run_until_caught_up().failed == ["task_board"]
+    # Setting the event aside moves past it; the rest is applied.
+    letter = control.dead_letter_failed("task_board")
+    assert letter.event_position == poison
+    final = ProjectionRunner([TaskBoard()]).run_until_caught_up()
+    assert not final.failed
+    state.refresh_from_db()
+    assert (state.status, state.position, state.last_error) == ("idle", head, "")
+
+
+def test_dead_letter_policy_sets_the_event_aside_and_moves_on(settings) -> None:
+    settings.EVENTSOURCE = {
+        **settings.EVENTSOURCE,
+        "ERROR_POLICY": "dead_letter",
+        "MAX_RETRIES": 1,
+    }
+    store = EventStore()
+    poison, head = poisoned_history(store)
+    result = ProjectionRunner([TaskBoard()], batch_size=4).run_until_caught_up()
+    assert not result.failed
+    [letter] = DeadLetter.objects.all()
+    assert (letter.projection, letter.event_position, letter.event_type) == (
+        "task_board",
+        poison,
+        "TaskRenamed",
+    )
+    assert "boom" in letter.error and "Traceback" in letter.traceback
+    assert ProjectionState.objects.get(name="task_board").position == head
+    expected = fold_task_board(store)
+    rows = task_board_rows()
+    assert len(rows) == len(expected) == 7
+    assert sum(r["events_applied"] for r in rows.values()) == len(store.read_all()) - 1
+
+
+def test_a_held_projection_is_skipped_or_waited_for() -> None:
+    store = EventStore()
+    task_history(store, tasks=3, seed=4)
+    lock = lock_for("task_board", None, "default")
+    assert lock.acquire()
+    try:
+        result = ProjectionRunner([TaskBoard()]).run_until_caught_up()
+        assert result.locked == ["task_board"]
+        assert result.events_applied == 0
+        assert lock.holder()
+    finally:
+        lock.release()
+    assert ProjectionRunner([TaskBoard()]).run_until_caught_up().events_applied > 0
+
+
+def test_pause_stops_a_projection_until_resumed() -> None:
+    store = EventStore()
+    task_history(store, tasks=2, seed=5)
+    control.pause("task_board")
+    assert ProjectionRunner([TaskBoard()]).run_until_caught_up().skipped == ["task_board"]
+    assert task_board_rows() == {}
+    control.resume("task_board")
+    ProjectionRunner([TaskBoard()]).run_until_caught_up()
+    assert task_board_rows() == fold_task_board(store)
+
+
+def test_follow_applies_new_events_until_stopped() -> None:
+    store = EventStore()
+    runner = ProjectionRunner([TaskBoard()], poll_interval=0.05)
+
+    def follow() -> None:
+        try:
+            runner.follow()
+        finally:
+            connections.close_all()  # Django's connections are per thread
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    try:
+        task_history(store, tasks=5, seed=6)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            state = ProjectionState.objects.filter(name="task_board").first()
+            if state and state.position == store.head_position():
+                break
+            time.sleep(0.05)
+    finally:
+        runner.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert task_board_rows() == fold_task_board(store)
