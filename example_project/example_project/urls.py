@@ -1,0 +1,11 @@
+"""URLs: the admin, and the task board of the ``tasks`` app at the root."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include("tasks.urls")),
+]
