@@ -1,0 +1,3 @@
+"""Benchmarks of django-eventsource (not part of the installed package); see README.md."""
+
+from __future__ import annotations
