@@ -13,6 +13,10 @@ from django_eventsource import DeclarativeProjection, handles, projection_regist
 from tests.testapp.events import TaskCreated
 from tests.testapp.models import Note, TaskSummary
 
+# A full run_checks() includes model checks, which query the database on Django 6.1
+# (JSONField support on SQLite).
+pytestmark = pytest.mark.django_db
+
 
 def our_messages() -> list[CheckMessage]:
     """Every message of this app's checks, from a full ``run_checks()``."""
