@@ -9,7 +9,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from django_eventsource.backends import SUPPORTED_VENDORS
 from django_eventsource.conf import DEFAULTS, SETTING_NAME, get_settings, validate
@@ -134,6 +134,46 @@ def check_projections(
                 )
             )
     return messages
+
+
+@register(Tags.database)
+def check_event_stamps(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """E008 (PostgreSQL): event stamps above the server's transaction counter (a restore).
+
+    Runs only with ``check --database`` (and before ``migrate``), and only queries a reachable
+    database whose event table exists.
+    """
+    alias = get_settings().database_alias
+    if not databases or alias not in databases or alias not in settings.DATABASES:
+        return []
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        return []
+    from django_eventsource.maintenance import diagnose_stamps
+    from django_eventsource.store import TABLE
+
+    try:
+        with connection.cursor() as cursor:
+            if TABLE not in connection.introspection.table_names(cursor):
+                return []  # not migrated yet
+        diagnosis = diagnose_stamps(alias)
+    except DatabaseError:
+        return []  # unreachable: other checks and commands will say so
+    if diagnosis is None or not diagnosis.needs_rebase:
+        return []
+    return [
+        Error(
+            f"Event stamps in {alias!r} are above the server's transaction counter.",
+            hint=f"Max stamp {diagnosis.max_stamp} >= next transaction id {diagnosis.next_xid}: "
+            "new events stay invisible to projections. Restored from a logical dump? Run "
+            "manage.py rebase_event_stamps.",
+            id=f"{ID}.E008",
+        )
+    ]
 
 
 def _path(cls: type) -> str:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 from django.utils import timezone
 
 from django_eventsource.store import BaseEventStore, EventStore
+
+if TYPE_CHECKING:
+    from django_eventsource.maintenance import StampDiagnosis
 
 __all__ = [
     "HorizonHolder",
@@ -17,6 +20,7 @@ __all__ = [
     "horizon_holder",
     "projection_statuses",
     "record_lag_sample",
+    "stamp_problem",
 ]
 
 
@@ -149,6 +153,17 @@ def horizon_holder(using: str = "default") -> HorizonHolder | None:
         return None
     pid, age, state, application, query = row
     return HorizonHolder(int(pid), float(age or 0), state or "", application or "", query or "")
+
+
+def stamp_problem(using: str = "default") -> StampDiagnosis | None:
+    """On PostgreSQL, why nothing new is visible after a restore: the stamps' diagnosis when
+    they sit above the server's transaction counter (see :mod:`django_eventsource.maintenance`);
+    None when they are healthy, or on other backends. Lag alone cannot show this: the events
+    are invisible, so they do not count as lag."""
+    from django_eventsource.maintenance import diagnose_stamps
+
+    diagnosis = diagnose_stamps(using)
+    return diagnosis if diagnosis is not None and diagnosis.needs_rebase else None
 
 
 def record_lag_sample(

@@ -9,7 +9,7 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 
 from django_eventsource.management.commands._base import ProjectionCommand
-from django_eventsource.status import horizon_holder, projection_statuses
+from django_eventsource.status import horizon_holder, projection_statuses, stamp_problem
 from django_eventsource.store import EventStore
 
 
@@ -28,7 +28,8 @@ class Command(ProjectionCommand):
     help = (
         "Show each projection's status, checkpoint, the store's head, lag in events and "
         "seconds, heartbeat age and last error (per tenant). With --check, exit 1 when a "
-        "projection failed or lags more than --max-lag events: use it for monitoring."
+        "projection failed or lags more than --max-lag events, or (PostgreSQL) when the "
+        "event stamps need rebase_event_stamps after a restore: use it for monitoring."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -39,7 +40,8 @@ class Command(ProjectionCommand):
         parser.add_argument(
             "--check",
             action="store_true",
-            help="Exit 1 if a projection failed or lags more than --max-lag events.",
+            help="Exit 1 if a projection failed or lags more than --max-lag events, or the "
+            "event stamps need a re-base.",
         )
         parser.add_argument(
             "--max-lag",
@@ -59,12 +61,14 @@ class Command(ProjectionCommand):
         if options["tenant"] is not None:
             rows = [r for r in rows if r.tenant_id == options["tenant"]]
         holder = horizon_holder(store.using) if any(r.lag_events for r in rows) else None
+        stamps = stamp_problem(store.using)
         if options["format"] == "json":
             self.stdout.write(
                 json.dumps(
                     {
                         "projections": [r.as_dict() for r in rows],
                         "horizon_holder": holder.__dict__ if holder else None,
+                        "stamps_need_rebase": stamps.as_dict() if stamps else None,
                     },
                     indent=2,
                     default=str,
@@ -72,7 +76,12 @@ class Command(ProjectionCommand):
             )
         else:
             self._table(rows, holder)
+            if stamps is not None:
+                self.stdout.write(self.style.ERROR(stamps.message()))
         if options["check"]:
+            if stamps is not None:
+                self.stderr.write(self.style.ERROR(f"Check failed: {stamps.message()}"))
+                sys.exit(1)
             problems = [r for r in rows if r.status == "failed"]
             if options["max_lag"] is not None:
                 problems += [
