@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
 __all__ = [
+    "AggregateNotFound",
     "AppendOnlyError",
     "ConcurrencyError",
     "EventGapError",
@@ -70,6 +71,27 @@ def _describe_expected(expected: int) -> str:
         ExpectedVersion.STREAM_EXISTS: "STREAM_EXISTS",
     }
     return names.get(expected, str(expected))
+
+
+class AggregateNotFound(EventSourceError, LookupError):
+    """``Repository.load()`` was given an id whose stream does not exist (for this tenant)."""
+
+    def __init__(
+        self,
+        aggregate_type: str,
+        aggregate_id: UUID,
+        tenant_id: str | None = None,
+        *,
+        hint: str = "",
+    ) -> None:
+        self.aggregate_type = aggregate_type
+        self.aggregate_id = aggregate_id
+        self.tenant_id = tenant_id
+        tenant = f" in tenant {tenant_id!r}" if tenant_id else ""
+        super().__init__(
+            f"No {aggregate_type} {aggregate_id}{tenant}: "
+            + (hint or "its stream has no events. Create it and save() it first.")
+        )
 
 
 class UnknownEventType(EventSourceError, LookupError):
