@@ -66,6 +66,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 APPLIES_ATTR: Final = "__eventsource_applies__"
 #: Events read per query while replaying a stream.
 REPLAY_PAGE: Final = 1000
+#: Class-level settings: never state fields, even when annotated without ``ClassVar``.
+CLASS_SETTINGS: Final = frozenset({"aggregate_type", "snapshot_every", "snapshot_version"})
 #: Instance attributes of every aggregate; a state field may not reuse these names.
 RESERVED: Final = frozenset(
     {"id", "tenant_id", "version", "committed_version", "uncommitted_events", "is_new"}
@@ -180,7 +182,12 @@ class AggregateRoot:
 
         fields = list(cls._state_fields)
         for name, annotation in inspect.get_annotations(cls).items():
-            if name.startswith("_") or _is_classvar(annotation) or name in fields:
+            if (
+                name.startswith("_")
+                or name in CLASS_SETTINGS
+                or _is_classvar(annotation)
+                or name in fields
+            ):
                 continue
             if name in RESERVED:
                 raise ImproperlyConfigured(

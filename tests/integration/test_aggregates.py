@@ -145,7 +145,15 @@ def test_class_definitions_are_checked() -> None:
     class Plain(AggregateRoot):
         pass
 
+    class Annotated(AggregateRoot):
+        aggregate_type: str = "Task"
+        snapshot_every: int | None = 3
+        title: str = ""
+
     assert Plain.aggregate_type == "Plain"
+    assert Annotated._state_fields == ("title",)
+    assert Task._state_fields == ("title", "done", "renames", "history")
+    assert SnapshottedTaskV2._state_fields == Task._state_fields
     assert SnapshottedTask.aggregate_type == "Task"  # inherited, not the subclass's name
 
 
