@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from django_eventsource.aggregates import (
+    AggregateRoot,
+    DatabaseSnapshotStore,
+    InMemorySnapshotStore,
+    Repository,
+    SnapshotRecord,
+    SnapshotStore,
+    applies,
+)
 from django_eventsource.checkpoints import (
     CheckpointStore,
     DatabaseCheckpointStore,
@@ -18,6 +27,7 @@ from django_eventsource.checkpoints import (
 )
 from django_eventsource.events import DomainEvent, EventRegistry, register_event, upcaster
 from django_eventsource.exceptions import (
+    AggregateNotFound,
     AppendOnlyError,
     ConcurrencyError,
     EventGapError,
@@ -51,6 +61,8 @@ if TYPE_CHECKING:
     from django_eventsource.models import CheckpointedModel, DeadLetter, Event, ProjectionState
 
 __all__ = [
+    "AggregateNotFound",
+    "AggregateRoot",
     "AppendOnlyError",
     "BaseEventStore",
     "CatchUpResult",
@@ -58,6 +70,7 @@ __all__ = [
     "CheckpointedModel",
     "ConcurrencyError",
     "DatabaseCheckpointStore",
+    "DatabaseSnapshotStore",
     "DeadLetter",
     "DeclarativeProjection",
     "DomainEvent",
@@ -69,6 +82,7 @@ __all__ = [
     "ExpectedVersion",
     "InMemoryCheckpointStore",
     "InMemoryEventStore",
+    "InMemorySnapshotStore",
     "InvalidEventPayload",
     "Lag",
     "NotSupportedOnBackend",
@@ -78,10 +92,14 @@ __all__ = [
     "ProjectionLocked",
     "ProjectionState",
     "ReadResult",
+    "Repository",
+    "SnapshotRecord",
+    "SnapshotStore",
     "StoredEvent",
     "UnknownEventType",
     "WrongExpectedVersion",
     "__version__",
+    "applies",
     "apply_batch",
     "catch_up",
     "handles",
