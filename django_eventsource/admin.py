@@ -307,6 +307,14 @@ class LagChart:
         )
 
     @property
+    def last_point(self) -> tuple[str, str] | None:
+        """The newest point, marked with a dot (a single sample draws no line)."""
+        if not self.points:
+            return None
+        x, y = self.points.rsplit(" ", 1)[-1].split(",")
+        return x, y
+
+    @property
     def maximum_label(self) -> str:
         return _duration(self.maximum) if self.metric == "seconds" else f"{self.maximum:,.0f}"
 
@@ -1007,7 +1015,7 @@ class EventAdmin(ReadOnlyModelAdmin[Event]):
         "event_type",
         "aggregate_type",
         "stream",
-        "aggregate_version",
+        "version",
         "tenant",
         "recorded_at",
     )
@@ -1092,6 +1100,10 @@ class EventAdmin(ReadOnlyModelAdmin[Event]):
             event.aggregate_id,
             event.aggregate_id,
         )
+
+    @admin.display(description="version")
+    def version(self, event: Event) -> int:
+        return event.aggregate_version
 
     @admin.display(description="tenant")
     def tenant(self, event: Event) -> str:
