@@ -71,6 +71,9 @@ def test_pause_and_resume_from_the_lag_dashboard(ui: Admin) -> None:
     )
 
     ui.open("/admin/django_eventsource/projectionstate/")
+    lag_cell = ui.driver.find_element(By.CSS_SELECTOR, "#result_list td.field-lag_events")
+    assert lag_cell.text == "1"
+    ui.screenshot("0-projections")
     ui.driver.find_element(By.ID, "lag-dashboard-link").click()
     ui.wait().until(lambda d: d.find_elements(By.ID, "projection-lag"))
     assert status_on_page(ui, "task_board") == "idle"
