@@ -366,9 +366,11 @@ def _phase_process(config: Config, phase: str, alias: str, profile: bool, result
 
         before = _memory_kb("VmRSS")
         profiler = cProfile.Profile() if profile else None
+        cpu = time.process_time()
         start = time.perf_counter()
         events = profiler.runcall(run) if profiler else run()
         seconds = time.perf_counter() - start
+        cpu = time.process_time() - cpu
         peak = _memory_kb("VmHWM")
         text = ""
         if profiler is not None:
@@ -376,9 +378,9 @@ def _phase_process(config: Config, phase: str, alias: str, profile: bool, result
         if raw_conn is not None:
             raw_conn.close()
         connections.close_all()
-        results.put(("ok", seconds, events, before, peak, text))
+        results.put(("ok", seconds, events, before, peak, cpu, text))
     except BaseException:
-        results.put(("error", traceback.format_exc(), 0, 0, 0, ""))
+        results.put(("error", traceback.format_exc(), 0, 0, 0, 0.0, ""))
         raise
 
 
@@ -408,11 +410,11 @@ def run_phase(config: Config, phase: str, alias: str, profile: bool = False) -> 
     results = ctx.Queue()
     process = ctx.Process(target=_phase_process, args=(config, phase, alias, profile, results))
     process.start()
-    status, seconds, events, before, peak, text = results.get(timeout=3600)
+    status, seconds, events, before, peak, cpu, text = results.get(timeout=3600)
     process.join()
     if status != "ok":
         raise RuntimeError(f"phase {phase} ({alias}) failed:\n{seconds}")
-    return Result(seconds, events, before, peak, text)
+    return Result(seconds, events, before, peak, cpu, text)
 
 
 @dataclass
@@ -421,11 +423,17 @@ class Result:
     events: int
     rss_before_kb: int
     peak_kb: int
+    #: CPU seconds of the phase's process (the client side; the database's CPU excluded).
+    cpu_seconds: float
     profile: str = ""
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu_seconds / self.events * 1e6
 
 
 # Bookkeeping ------------------------------------------------------------------------------
@@ -637,6 +645,18 @@ def print_tables(sizes: list[SizeResults], with_sqlite: bool) -> None:
                 f"Target peak memory < {TARGET_MEMORY_MB:.0f} MB ({size.events:,} events, "
                 f"catch-up and rebuild): {verdict} ({peak:.0f} MB)"
             )
+    print("\nClient-side CPU per event, lowest of the runs (the phase's process; the database's")
+    print("own CPU excluded; steadier than events/s on a busy machine):")
+    cpu_rows = []
+    for size in sizes:
+        row = [f"{size.events:,}"]
+        for name in ("catch_up", "raw", "rebuild", "sqlite_catch_up", "sqlite_rebuild"):
+            runs = getattr(size, name)
+            row.append(f"{min(r.cpu_us for r in runs):.1f} us" if runs else "-")
+        cpu_rows.append(row)
+    print_rows(
+        ["events", "catch-up", "raw", "rebuild", "SQLite catch-up", "SQLite rebuild"], cpu_rows
+    )
     print("\nAll runs (events/s):")
     for size in sizes:
         for name in ("catch_up", "raw", "rebuild", "sqlite_catch_up", "sqlite_rebuild"):

@@ -190,7 +190,57 @@ class Projection:
         previous = getattr(self._local, "rows", None)
         self._local.rows = rows
         try:
-            if inspect.iscoroutinefunction(handler):
+            self._call(handler, inspect.iscoroutinefunction(handler), event, domain)
+        finally:
+            self._local.rows = previous
+        return True
+
+    def apply_all(self, events: Iterable[DomainEvent | StoredEvent], rows: RowSet) -> int:
+        """:meth:`apply` each event in order against one unit of work; returns how many had
+        a handler.
+
+        The runner's batches use this: it looks each event type's handler up once per batch
+        and installs the unit of work once, rather than once per event.
+        """
+        if type(self).apply is not Projection.apply:  # a subclass customises apply(): use it
+            return sum(self.apply(event, rows) for event in events)
+        resolved: dict[str, tuple[Callable[[DomainEvent], Any], bool] | None] = {}
+        applied = 0
+        previous = getattr(self._local, "rows", None)
+        self._local.rows = rows
+        try:
+            for event in events:
+                event_type = event.event_type
+                try:
+                    entry = resolved[event_type]
+                except KeyError:
+                    handler = self.handler_for(event_type)
+                    entry = resolved[event_type] = (
+                        None
+                        if handler is None
+                        else (handler, inspect.iscoroutinefunction(handler))
+                    )
+                if entry is None:
+                    continue
+                domain = event.event if isinstance(event, StoredEvent) else event
+                self._call(entry[0], entry[1], event, domain)
+                applied += 1
+        finally:
+            self._local.rows = previous
+        return applied
+
+    def _call(
+        self,
+        handler: Callable[[DomainEvent], Any],
+        is_async: bool,
+        event: DomainEvent | StoredEvent,
+        domain: DomainEvent,
+    ) -> None:
+        """Run one handler; any failure but a ProjectionError becomes a ProjectionError."""
+        rows = self._local.rows
+        rows._event, rows._event_position = domain, _position(event)
+        try:
+            if is_async:
                 async_to_sync(handler)(domain)
             else:
                 handler(domain)
@@ -205,9 +255,6 @@ class Projection:
                 tenant_id=domain.tenant_id,
                 cause=exc,
             ) from exc
-        finally:
-            self._local.rows = previous
-        return True
 
     def _atomic(self) -> Any:
         if not self.transactional:

@@ -8,6 +8,7 @@ and writes every changed row back with one bulk upsert per model when flushed.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from uuid import UUID
@@ -28,6 +29,8 @@ _MISSING = object()
 
 
 def _key(model: type[models.Model], lookup: dict[str, Any]) -> tuple[Any, ...]:
+    if len(lookup) == 1:
+        return (model, *lookup.items())
     return (model, *sorted(lookup.items()))
 
 
@@ -42,6 +45,10 @@ class RowSet:
         self._dirty: dict[int, models.Model] = {}
         self._deleted: dict[int, models.Model] = {}
         self._lock = connections[self.using].vendor == "postgresql"
+        #: The event being handled and its position (set by ``Projection.apply``), so that
+        #: ``get`` need not read the position back from the pydantic event (a slow lookup).
+        self._event: DomainEvent | None = None
+        self._event_position: int | None = None
 
     # Loading ------------------------------------------------------------------------------
 
@@ -89,36 +96,39 @@ class RowSet:
 
     def get(self, model: type[M], event: DomainEvent, **lookup: Any) -> M | None:
         """The row to apply ``event`` to (new or loaded), or None if it already holds it."""
-        if _has_tenant(model) and "tenant_id" not in lookup:
+        if "tenant_id" not in lookup and _has_tenant(model):
             lookup["tenant_id"] = event.tenant_id or ""
-        row = self._load(model, lookup)
+        key = _key(model, lookup)
+        row: Any = self._rows.get(key, _MISSING)
+        if row is _MISSING:
+            row = self._queryset(model).filter(**lookup).first()
+            self._rows[key] = row
         if row is None:
-            row = model(**lookup)
-            self._rows[_key(model, lookup)] = row
-        elif id(row) in self._deleted:
+            row = self._rows[key] = model(**lookup)
+        elif self._deleted and id(row) in self._deleted:
             return None
+        position = self._event_position if event is self._event else event._position
         by = getattr(model, "checkpoint_by", "version")
         if by == "position":
-            position = event._position
             if position is None:
                 raise ValueError(
                     f"{model.__name__} checkpoints by position, but event {event.event_id} "
                     "has not been stored (it has no position)."
                 )
-            held = row.last_event_position  # type: ignore[attr-defined]
+            held = row.last_event_position
             if held is not None and position <= held:
                 return None
         else:
-            held = row.last_event_version  # type: ignore[attr-defined]
+            held = row.last_event_version
             if held is not None and event.aggregate_version <= held:
                 return None
             if event.aggregate_version > (held or 0) + 1:
                 self._check_gap(model, event, held)
-        row.last_event_id = event.event_id  # type: ignore[attr-defined]
-        row.last_event_version = event.aggregate_version  # type: ignore[attr-defined]
-        row.last_event_position = event._position  # type: ignore[attr-defined]
+        row.last_event_id = event.event_id
+        row.last_event_version = event.aggregate_version
+        row.last_event_position = position
         self._dirty[id(row)] = row
-        return row
+        return cast("M", row)
 
     def _check_gap(self, model: type[models.Model], event: DomainEvent, held: int | None) -> None:
         """Fail if the stream has events this projection handles between held and incoming."""
@@ -168,11 +178,7 @@ class RowSet:
         for row in self._dirty.values():
             by_model.setdefault(type(row), []).append(row)
         for model, rows in by_model.items():
-            fields = [
-                f.name
-                for f in model._meta.concrete_fields
-                if not f.primary_key and not getattr(f, "auto_now_add", False)
-            ]
+            fields = _upsert_fields(model)
             existing = [r for r in rows if r.pk is not None]
             new = [r for r in rows if r.pk is None]
             manager = model._default_manager.db_manager(self.using)
@@ -201,5 +207,16 @@ def _group(rows: Iterable[models.Model]) -> dict[type[models.Model], list[models
     return grouped
 
 
+@functools.cache
 def _has_tenant(model: type[models.Model]) -> bool:
     return any(f.name == "tenant_id" for f in model._meta.concrete_fields)
+
+
+@functools.cache
+def _upsert_fields(model: type[models.Model]) -> list[str]:
+    """The columns an upsert of an existing row rewrites (all but the key and auto_now_add)."""
+    return [
+        f.name
+        for f in model._meta.concrete_fields
+        if not f.primary_key and not getattr(f, "auto_now_add", False)
+    ]
