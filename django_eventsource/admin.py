@@ -66,6 +66,7 @@ from django_eventsource.store import EventStore
 __all__ = [
     "DeadLetterAdmin",
     "EventAdmin",
+    "EventChangeList",
     "LookAheadPaginator",
     "ProjectionAction",
     "ProjectionStateAdmin",
@@ -1000,6 +1001,18 @@ class LookAheadPaginator(Paginator):  # type: ignore[type-arg]
         return self.count <= self.limit
 
 
+class EventChangeList(ChangeList):
+    """Never "show all" on a count that is only a lower bound (it would load every event)."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        if not getattr(self.paginator, "is_exact", True):
+            self.can_show_all = False
+            if self.show_all:
+                self.show_all = False
+                self.result_list = self.paginator.page(self.page_num).object_list
+
+
 class EventAdmin(ReadOnlyModelAdmin[Event]):
     """The read-only event browser, built for millions of events.
 
@@ -1065,6 +1078,9 @@ class EventAdmin(ReadOnlyModelAdmin[Event]):
         except ValueError:
             page = 1
         return LookAheadPaginator(queryset, per_page, orphans, allow_empty_first_page, page=page)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return EventChangeList
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Event], search_term: str

@@ -557,6 +557,10 @@ def test_event_list_never_counts_the_whole_table(viewer: Client) -> None:
     assert total > paginator.limit and not paginator.is_exact
     assert f"more than {paginator.limit} events" in response.content.decode()
     assert len(response.context["cl"].result_list) == admin_class.list_per_page
+    # "Show all" is never offered (nor obeyed) on a count that is only a lower bound.
+    assert 'class="showall"' not in response.content.decode()
+    response = viewer.get(EVENTS, {"all": ""})
+    assert len(response.context["cl"].result_list) == admin_class.list_per_page
     # Deeper pages look further ahead.
     response = viewer.get(EVENTS, {"p": 2})
     assert response.context["cl"].paginator.limit == 4 * admin_class.list_per_page
