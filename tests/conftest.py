@@ -9,6 +9,9 @@ from django.db import connection
 
 from django_eventsource import BaseEventStore, EventStore, InMemoryEventStore
 
+# The fixtures we ship to users (event_store, memory_event_store, run_projections).
+pytest_plugins = ["django_eventsource.testing"]
+
 
 @pytest.fixture
 def vendor() -> str:
@@ -22,8 +25,8 @@ def any_store(request: pytest.FixtureRequest) -> BaseEventStore:
 
 
 @pytest.fixture
-def store(db: Any) -> EventStore:
-    return EventStore()
+def store(event_store: EventStore) -> EventStore:
+    return event_store
 
 
 @pytest.fixture

@@ -1,12 +1,34 @@
-"""Event histories for tests, appended through the public store API."""
+"""Event factories and histories for tests, appended through the public store API."""
 
 from __future__ import annotations
 
 import random
-from uuid import UUID, uuid4
+from uuid import UUID
 
-from django_eventsource import BaseEventStore
+import factory
+
+from django_eventsource import BaseEventStore, DomainEvent
+from django_eventsource.testing import DomainEventFactory, given_events, stream
 from tests.testapp.events import TaskCompleted, TaskCreated, TaskRenamed
+
+
+class TaskCreatedFactory(DomainEventFactory):
+    class Meta:
+        model = TaskCreated
+
+    title = factory.Sequence(lambda n: f"task {n}")
+
+
+class TaskRenamedFactory(DomainEventFactory):
+    class Meta:
+        model = TaskRenamed
+
+    title = factory.Sequence(lambda n: f"renamed {n}")
+
+
+class TaskCompletedFactory(DomainEventFactory):
+    class Meta:
+        model = TaskCompleted
 
 
 def task_history(
@@ -19,23 +41,22 @@ def task_history(
 ) -> list[UUID]:
     """Append a created / renamed x N / completed history for ``tasks`` tasks, interleaved."""
     rng = random.Random(seed)
-    pending: list[tuple[UUID, str | None, list]] = []
+    pending: list[list[DomainEvent]] = []
     for n in range(tasks):
-        task, tenant = uuid4(), tenants[n % len(tenants)]
-        events = [TaskCreated(aggregate_id=task, title=f"task {n}", tenant_id=tenant)]
+        events = [TaskCreatedFactory.build(title=f"task {n}")]
         events += [
-            TaskRenamed(aggregate_id=task, title=f"task {n} v{r}", tenant_id=tenant)
+            TaskRenamedFactory.build(title=f"task {n} v{r}")
             for r in range(rng.randint(0, renames))
         ]
         if rng.random() < 0.7:
-            events.append(TaskCompleted(aggregate_id=task, tenant_id=tenant))
-        pending.append((task, tenant, events))
-    ids = [task for task, _, _ in pending]
-    while pending:
+            events.append(TaskCompletedFactory.build())
+        pending.append(stream(*events, tenant_id=tenants[n % len(tenants)]))
+    ids = [events[0].aggregate_id for events in pending]
+    while pending:  # interleave the tasks, one or two events at a time
         index = rng.randrange(len(pending))
-        task, tenant, events = pending[index]
+        events = pending[index]
         take = rng.randint(1, 2)
-        store.append(task, events[:take])
+        given_events(store, *events[:take])
         del events[:take]
         if not events:
             pending.pop(index)
