@@ -230,7 +230,8 @@ PROJECTION_ACTIONS: dict[str, ProjectionAction] = {
             "pause",
             destructive=False,
             run=_pause,
-            statuses=frozenset({"idle", "running", "failed", "rebuilding", "inline"}),
+            # Not "inline": inline projections run inside each append and ignore a pause.
+            statuses=frozenset({"idle", "running", "failed", "rebuilding"}),
         ),
         ProjectionAction(
             "resume",

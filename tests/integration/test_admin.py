@@ -412,6 +412,22 @@ def test_lag_dashboard_lists_every_projection_and_draws_the_samples(viewer: Clie
     assert chart.metric == "seconds" and chart.samples == 5  # 10 to 50 minutes ago
 
 
+def test_dashboard_offers_the_actions_that_apply(operator: Client, viewer: Client) -> None:
+    poisoned(EventStore())
+    control.pause("tenant_stats")
+
+    def offered(client: Client) -> dict[str, list[str]]:
+        rows = client.get(LAG).context["rows"]
+        return {i["row"].projection: [a["spec"].name for a in i["actions"]] for i in rows}
+
+    assert offered(operator) == {
+        "task_board": ["pause", "retry", "dead_letter", "rebuild"],
+        "task_index": ["rebuild"],  # inline: runs inside each append, a pause would not hold
+        "tenant_stats": ["resume", "rebuild"],
+    }
+    assert offered(viewer) == {"task_board": [], "task_index": [], "tenant_stats": []}
+
+
 def test_detail_shows_read_model_statistics(viewer: Client) -> None:
     store = EventStore()
     ids = task_history(store, tasks=5, renames=1, seed=6)
