@@ -103,6 +103,11 @@ def test_pause_and_resume_from_the_lag_dashboard(ui: Admin) -> None:
     ui.driver.refresh()
     assert row(ui, "task_board").find_element(By.CSS_SELECTOR, ".es-lag-events").text == "0"
     ui.screenshot("3-resumed")
+    # The admin's dark theme: the pages use its colour variables.
+    ui.driver.execute_script("localStorage.setItem('theme', 'dark')")
+    ui.driver.refresh()
+    assert ui.driver.execute_script("return document.documentElement.dataset.theme") == "dark"
+    ui.screenshot("4-dark")
 
 
 def test_failed_projection_error_event_and_dead_letter(ui: Admin) -> None:
