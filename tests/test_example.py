@@ -1,8 +1,8 @@
 """The example project, run the way ``scripts/example`` runs it, so that it never rots.
 
 Every step is a real ``manage.py`` process (this interpreter, no venv of its own) against a
-fresh database: a SQLite file always, and a PostgreSQL database of its own as well when the
-suite runs on PostgreSQL. The assertions are on what the commands really did: exit codes,
+fresh database of the suite's backend: a temporary SQLite file, or on PostgreSQL a database
+of its own next to the test database. The assertions are on what the commands really did: exit codes,
 ``projection_status`` as JSON, and the read models compared with the stored events.
 """
 
@@ -132,10 +132,8 @@ class Example:
 
 
 def _backends() -> list[str]:
-    vendors = ["sqlite"]
-    if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
-        vendors.append("postgresql")
-    return vendors
+    """The suite's own backend: the SQLite run covers SQLite, the PostgreSQL run PostgreSQL."""
+    return ["postgresql" if "postgresql" in settings.DATABASES["default"]["ENGINE"] else "sqlite"]
 
 
 def _postgres_database() -> Iterator[str]:
