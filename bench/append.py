@@ -255,20 +255,50 @@ class Runs:
 
     rates: list[float] = field(default_factory=list)
     cpu_us: list[float] = field(default_factory=list)
+    server_us: list[float] = field(default_factory=list)
 
-    def measure(self, function: Callable[[], Any], events: int) -> Any:
-        """Run ``function`` once, recording its wall-clock rate and this process's CPU."""
+    def measure(
+        self, function: Callable[[], Any], events: int, backend_pid: int | None = None
+    ) -> Any:
+        """Run ``function`` once, recording its wall-clock rate and this process's CPU.
+
+        With ``backend_pid``, also the CPU time of that PostgreSQL backend process (when the
+        server runs on this machine and its ``/proc`` entry is readable).
+        """
+        server = backend_cpu(backend_pid)
         cpu = time.process_time()
         start = time.perf_counter()
         result = function()
         seconds = time.perf_counter() - start
         self.rates.append(events / seconds)
         self.cpu_us.append((time.process_time() - cpu) / events * 1e6)
+        after = backend_cpu(backend_pid)
+        if server is not None and after is not None:
+            self.server_us.append((after - server) / events * 1e6)
         return result
 
     @property
     def best(self) -> float | None:
         return max(self.rates) if self.rates else None
+
+
+def backend_cpu(pid: int | None) -> float | None:
+    """Seconds of CPU a local PostgreSQL backend has used (None when it cannot be read)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def library_backend_pid(alias: str) -> int:
+    from django.db import connections
+
+    connection = connections[alias]
+    connection.ensure_connection()
+    return int(connection.connection.info.backend_pid)
 
 
 # Concurrent writers -----------------------------------------------------------------------
@@ -340,6 +370,26 @@ class Admin:
     def reset(self, table: str) -> None:
         self.pg.execute(f"TRUNCATE {table} RESTART IDENTITY")
         self.pg.execute("CHECKPOINT")
+
+    def wait_visible(self, timeout: float = 60.0) -> None:
+        """Wait (untimed) until readers can see every appended event.
+
+        A transaction that is still running anywhere in the cluster (another client's, on a
+        shared machine) holds the library's read horizon back; reading before it ends would
+        return fewer events than were appended.
+        """
+        query = (
+            f"SELECT COUNT(*) FROM {LIB_TABLE} "
+            "WHERE stamp < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            row = self.pg.execute(query).fetchone()
+            if row is not None and row[0] >= self.aggregates * self.events:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {row} events became visible in {timeout}s")
+            time.sleep(0.05)
 
     def analyze(self, table: str) -> None:
         self.pg.execute(f"ANALYZE {table}")
@@ -461,18 +511,27 @@ def print_table(phases: list[Phase], with_sqlite: bool) -> None:
                 f"Target {phase.name} >= {phase.target:.1f}x raw: {verdict} ({phase.ratio:.2f}x)"
             )
 
-    print("\nClient-side CPU per event, best run (this process; PostgreSQL's own CPU excluded):")
+    print(
+        "\nCPU per event, best run: this process (client), and the PostgreSQL backend that "
+        "served it (server; '-' when /proc is not readable):"
+    )
     cpu_rows = []
+
+    def best(values: list[float]) -> str:
+        return f"{min(values):.1f} us" if values else "-"
+
     for phase in phases:
         if phase.in_process:
             cpu_rows.append(
                 [
                     phase.name,
-                    f"{min(phase.library.cpu_us):.1f} us" if phase.library.cpu_us else "-",
-                    f"{min(phase.raw.cpu_us):.1f} us" if phase.raw.cpu_us else "-",
+                    best(phase.library.cpu_us),
+                    best(phase.raw.cpu_us),
+                    best(phase.library.server_us),
+                    best(phase.raw.server_us),
                 ]
             )
-    print_rows(["phase", "library", "raw"], cpu_rows)
+    print_rows(["phase", "library client", "raw client", "library server", "raw server"], cpu_rows)
 
     print("\nAll runs (events/s):")
     for phase in phases:
@@ -553,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     admin = Admin(config, args.aggregates, args.events)
     raw_conn = psycopg.connect(**config.pg_connect_kwargs(), autocommit=True)
     print_environment(config, admin, args)
+    lib_pid = library_backend_pid("default")
+    raw_pid = raw_conn.info.backend_pid
 
     total = args.aggregates * args.events
     single = Phase("append, 1 writer", TARGET)
@@ -568,23 +629,30 @@ def main(argv: list[str] | None = None) -> int:
     def run_library() -> None:
         admin.reset(LIB_TABLE)
         single.library.measure(
-            lambda: library_append("default", args.aggregates, args.events), total
+            lambda: library_append("default", args.aggregates, args.events), total, lib_pid
         )
         admin.check("default", LIB_TABLE)
+        admin.wait_visible()
         if not args.no_analyze:
             admin.analyze(LIB_TABLE)
         for _ in range(READS_PER_RUN):
-            check_count(read.library.measure(lambda: library_read("default", False), total))
-            check_count(decode.library.measure(lambda: library_read("default", True), total))
+            check_count(
+                read.library.measure(lambda: library_read("default", False), total, lib_pid)
+            )
+            check_count(
+                decode.library.measure(lambda: library_read("default", True), total, lib_pid)
+            )
 
     def run_raw() -> None:
         admin.reset(RAW_TABLE)
-        single.raw.measure(lambda: raw_append(raw_conn, args.aggregates, args.events), total)
+        single.raw.measure(
+            lambda: raw_append(raw_conn, args.aggregates, args.events), total, raw_pid
+        )
         admin.check(None, RAW_TABLE)
         if not args.no_analyze:
             admin.analyze(RAW_TABLE)
         for _ in range(READS_PER_RUN):
-            check_count(read.raw.measure(lambda: raw_read(raw_conn), total))
+            check_count(read.raw.measure(lambda: raw_read(raw_conn), total, raw_pid))
         # The raw side has no typed events: "+ decode" is compared with the same raw reads.
         decode.raw = read.raw
 
@@ -629,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = cProfile.Profile()
         profile.runcall(library_append, "default", args.aggregates, args.events)
         print_profile(profile, "library append, 1 writer (PostgreSQL)", args.profile_limit)
+        admin.wait_visible()
         if not args.no_analyze:
             admin.analyze(LIB_TABLE)
         for flag in (False, True):

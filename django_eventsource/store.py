@@ -27,7 +27,7 @@ from asgiref.sync import sync_to_async
 from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
-from django_eventsource.events import DomainEvent, EventRegistry, event_registry
+from django_eventsource.events import ENVELOPE_FIELDS, DomainEvent, EventRegistry, event_registry
 from django_eventsource.exceptions import ConcurrencyError, PositionNotFound
 
 __all__ = [
@@ -71,6 +71,7 @@ class StoredEvent:
         "_metadata",
         "_payload",
         "_registry",
+        "_unversioned",
         "aggregate_id",
         "aggregate_type",
         "aggregate_version",
@@ -133,7 +134,51 @@ class StoredEvent:
         self.occurred_at = occurred_at
         self.recorded_at = recorded_at
         self._event = event
+        self._unversioned: DomainEvent | None = None
         self._registry = registry or event_registry
+
+    @classmethod
+    def _appended(
+        cls,
+        event: DomainEvent,
+        *,
+        position: int,
+        version: int,
+        tenant_id: str | None,
+        payload: str,
+        recorded_at: datetime,
+        registry: EventRegistry,
+    ) -> StoredEvent:
+        """Wrap an event that was just appended, without copying it.
+
+        The caller's event may still carry version 0 (the store assigned ``version``): the
+        typed event with the version filled in is copied on first access of ``.event``,
+        so appends that nobody reads back (most of them) never pay for the copy.
+        """
+        self = cls.__new__(cls)
+        self.position = position
+        self.event_id = event.event_id
+        self.event_type = event.event_type
+        self.schema_version = event.schema_version
+        self.tenant_id = tenant_id
+        self.aggregate_id = event.aggregate_id
+        self.aggregate_type = event.aggregate_type
+        self.aggregate_version = version
+        self._payload = payload
+        self._metadata = event.metadata
+        self.correlation_id = event.correlation_id
+        self.causation_id = event.causation_id
+        self.occurred_at = event.occurred_at
+        self.recorded_at = recorded_at
+        self._registry = registry
+        if event.aggregate_version == version:
+            event._position = position
+            self._event = event
+            self._unversioned = None
+        else:
+            self._event = None
+            self._unversioned = event
+        return self
 
     @classmethod
     def from_event(
@@ -180,6 +225,12 @@ class StoredEvent:
         Raises :class:`~django_eventsource.UnknownEventType` or
         :class:`~django_eventsource.InvalidEventPayload` when it cannot be decoded.
         """
+        if self._event is None and self._unversioned is not None:
+            event = self._unversioned.model_copy(
+                update={"aggregate_version": self.aggregate_version}
+            )
+            event._position = self.position
+            self._event, self._unversioned = event, None
         if self._event is None:
             self._event = self._registry.load(
                 self.event_type,
@@ -524,6 +575,17 @@ class InMemoryEventStore(BaseEventStore):
             return self._events[position - 1] if 0 < position <= len(self._events) else None
 
 
+def _payload_json(event: DomainEvent) -> str:
+    """The event's payload as compact JSON text, serialized by pydantic in one call."""
+    if type(event).payload is DomainEvent.payload:
+        return event.model_dump_json(exclude=ENVELOPE_FIELDS)  # type: ignore[arg-type]
+    return json.dumps(event.payload(), separators=(",", ":"))  # an overridden payload()
+
+
+def _metadata_json(metadata: dict[str, Any]) -> str:
+    return json.dumps(metadata, separators=(",", ":"), default=str) if metadata else "{}"
+
+
 _COLUMNS: Final = (
     "position, event_id, event_type, schema_version, tenant_id, aggregate_id, aggregate_type, "
     "aggregate_version, payload, metadata, correlation_id, causation_id, occurred_at, recorded_at"
@@ -602,6 +664,7 @@ class EventStore(BaseEventStore):
     def _insert(self, batch: _Batch) -> list[StoredEvent]:
         backend = self._backend()
         recorded_at = timezone.now()
+        payloads = [_payload_json(event) for event in batch.events]
         rows = [
             (
                 ordinal,
@@ -609,42 +672,49 @@ class EventStore(BaseEventStore):
                 event.event_type,
                 event.schema_version,
                 event.aggregate_type,
-                json.dumps(event.payload(), separators=(",", ":")),
-                json.dumps(event.metadata, separators=(",", ":"), default=str),
+                payload,
+                _metadata_json(event.metadata),
                 event.correlation_id,
                 event.causation_id,
                 event.occurred_at,
             )
-            for ordinal, event in enumerate(batch.events, start=1)
+            for ordinal, (event, payload) in enumerate(
+                zip(batch.events, payloads, strict=True), start=1
+            )
         ]
-        expected = batch.expected_version
-        if expected >= 0:
-            condition, condition_params = "cur.v = %s", [expected]
-        elif expected == ExpectedVersion.STREAM_EXISTS:
-            condition, condition_params = "cur.v > 0", []
-        else:
-            condition, condition_params = "1 = 1", []
         sql, params = backend.append_statement(
             TABLE,
             tenant_id=batch.tenant_id or NO_TENANT,
             aggregate_id=batch.aggregate_id,
             recorded_at=recorded_at,
             rows=rows,
-            condition=condition,
-            condition_params=condition_params,
+            expected_version=batch.expected_version,
         )
-        connection = connections[self.using]
-        with backend.fast_cursor(connection) as cursor:
+        with connections[self.using].cursor() as cursor:
             cursor.execute(sql, params)
             returned = sorted((r[0], r[1]) for r in cursor.fetchall())
         if not returned:
             return []
-        versioned = _with_versions(batch, returned[0][1])
-        if [e.aggregate_version for e in versioned] != [r[1] for r in returned]:
+        first = returned[0][1]
+        if [r[1] for r in returned] != list(range(first, first + len(batch.events))) or any(
+            e.aggregate_version and e.aggregate_version != first + i
+            for i, e in enumerate(batch.events)
+        ):
             raise AssertionError("stored versions do not match the batch")  # pragma: no cover
+        registry, tenant_id = self.registry, batch.tenant_id or None
         return [
-            StoredEvent.from_event(event, position=position, recorded_at=recorded_at)
-            for event, (position, _version) in zip(versioned, returned, strict=True)
+            StoredEvent._appended(
+                event,
+                position=position,
+                version=version,
+                tenant_id=tenant_id,
+                payload=payload,
+                recorded_at=recorded_at,
+                registry=registry,
+            )
+            for event, payload, (position, version) in zip(
+                batch.events, payloads, returned, strict=True
+            )
         ]
 
     # Reading ------------------------------------------------------------------------------

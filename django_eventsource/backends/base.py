@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
-
-if TYPE_CHECKING:
-    from django.db.backends.base.base import BaseDatabaseWrapper
 
 #: One event to append: (ordinal, event_id, event_type, schema_version, aggregate_type,
 #: payload JSON, metadata JSON, correlation_id, causation_id, occurred_at).
@@ -44,6 +40,22 @@ class Backend:
     def notify_params(self) -> list[Any]:
         return []
 
+    def version_check(self, table: str, expected_version: int) -> tuple[str, str, list[Any]]:
+        """How an append checks the stream's version: ``(cte, condition, params)``.
+
+        ``cte`` defines ``cur.v``, the stream's current version, and ``condition`` filters the
+        inserted rows on it (no row is inserted when it is false).
+        """
+        cte = (
+            "WITH cur AS (SELECT COALESCE(MAX(aggregate_version), 0) AS v "
+            f"FROM {table} WHERE tenant_id = %s AND aggregate_id = %s) "
+        )
+        if expected_version >= 0:
+            return cte, "cur.v = %s", [expected_version]
+        if expected_version == -2:  # ExpectedVersion.STREAM_EXISTS
+            return cte, "cur.v > 0", []
+        return cte, "1 = 1", []
+
     def append_statement(
         self,
         table: str,
@@ -52,11 +64,11 @@ class Backend:
         aggregate_id: UUID,
         recorded_at: datetime,
         rows: Sequence[AppendRow],
-        condition: str,
-        condition_params: list[Any],
+        expected_version: int,
     ) -> tuple[str, list[Any]]:
-        """One INSERT … SELECT that checks the stream's version (``condition`` on ``cur.v``),
+        """One INSERT … SELECT that checks the stream's version (``expected_version``),
         assigns versions, computes the stamp and returns (position, version) per event."""
+        cte, condition, condition_params = self.version_check(table, expected_version)
         row_sql = self.values_row_sql()
         values: list[Any] = []
         for row in rows:
@@ -73,9 +85,7 @@ class Backend:
                 self.adapt_datetime(row[9]),
             ]
         sql = (
-            "WITH cur AS (SELECT COALESCE(MAX(aggregate_version), 0) AS v "
-            f"FROM {table} WHERE tenant_id = %s AND aggregate_id = %s) "
-            f"INSERT INTO {table} ({INSERT_COLUMNS}) "
+            f"{cte}INSERT INTO {table} ({INSERT_COLUMNS}) "
             "SELECT v.column2, v.column3, v.column4, %s, %s, v.column5, cur.v + v.column1, "
             "v.column6, v.column7, v.column8, v.column9, v.column10, %s, "
             f"{self.stamp_sql(table)} "
@@ -86,10 +96,6 @@ class Backend:
         aggregate = self.adapt_uuid(aggregate_id)
         params = [tenant_id, aggregate, tenant_id, aggregate, self.adapt_datetime(recorded_at)]
         return sql, params + values + condition_params + self.notify_params()
-
-    def fast_cursor(self, connection: BaseDatabaseWrapper) -> AbstractContextManager[Any]:
-        """The cursor the append uses (Django's, wrapped for logging and error mapping)."""
-        return connection.cursor()
 
     def cast(self, sql: str, type_name: str) -> str:
         """``sql`` cast to the PostgreSQL type ``type_name`` where the backend needs it."""

@@ -26,16 +26,14 @@ horizon (and thus readers) back until it ends; ``projection_status`` reports the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from functools import lru_cache
+from typing import Any
 from uuid import UUID
 
 from django_eventsource.backends.base import INSERT_COLUMNS, AppendRow, Backend
-
-if TYPE_CHECKING:
-    from django.db.backends.base.base import BaseDatabaseWrapper
 
 
 class PostgreSQLBackend(Backend):
@@ -43,17 +41,21 @@ class PostgreSQLBackend(Backend):
     supports_notify = True
 
     def stamp_sql(self, table: str) -> str:
+        # ORDER BY … LIMIT 1 rather than MAX(): the same backward probe of the (stamp,
+        # position) index, but the planner reaches it without the min/max-aggregate rewrite,
+        # which is a good part of planning an append (Django prepares no statement by default).
         return (
             "GREATEST(pg_current_xact_id()::text::bigint, "
-            f"COALESCE((SELECT MAX(stamp) FROM {table}), 0))"
+            f"COALESCE((SELECT stamp FROM {table} ORDER BY stamp DESC LIMIT 1), 0))"
         )
 
     def horizon_sql(self) -> str:
         return "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)"
 
     def notify_sql(self) -> str:
-        # A hint for followers, sent at commit (PostgreSQL folds duplicates into one).
-        return ", pg_notify(%s, '')"
+        # A hint for followers, sent at commit. An uncorrelated sub-select runs once per
+        # statement (an InitPlan), and only when a row is returned, rather than once per row.
+        return ", (SELECT pg_notify(%s, ''))"
 
     def notify_params(self) -> list[Any]:
         from django_eventsource.conf import get_settings
@@ -71,41 +73,65 @@ class PostgreSQLBackend(Backend):
         aggregate_id: UUID,
         recorded_at: datetime,
         rows: Sequence[AppendRow],
-        condition: str,
-        condition_params: list[Any],
+        expected_version: int,
     ) -> tuple[str, list[Any]]:
-        # One statement text whatever the number of events (arrays through unnest), so the
-        # server prepares it once per connection and plans it from then on for free.
-        columns = list(zip(*rows, strict=True))
-        sql = (
-            "WITH cur AS (SELECT COALESCE(MAX(aggregate_version), 0) AS v "
-            f"FROM {table} WHERE tenant_id = %s AND aggregate_id = %s) "
+        # The events travel as ONE jsonb parameter (an array of small objects, decoded by
+        # jsonb_to_recordset): formatting that text costs the client a few string operations
+        # per event, where array parameters go through psycopg's per-element Python dumpers.
+        # The payload and metadata are JSON already and are embedded as they are.
+        #
+        # With an expected version >= 0 the versions are known up front: a stream that is
+        # already past ``expected_version`` fails on the unique (tenant, aggregate, version)
+        # constraint, and one that is short of it fails the EXISTS probe (no row inserted).
+        # Both become a ConcurrencyError in the store. No MAX(aggregate_version) CTE is
+        # needed, which keeps the statement cheap to plan. ANY and STREAM_EXISTS need the
+        # stream's current version and keep the CTE.
+        known = expected_version >= 0
+        first = expected_version if known else 0
+        dumps = _json_str
+        events = ",".join(
+            f'{{"n":{first + row[0]},"i":"{row[1]}","t":{dumps(row[2])},"s":{row[3]},'
+            f'"a":{dumps(row[4])},"p":{row[5]},"m":{row[6]},'
+            f'"c":{_json_uuid(row[7])},"k":{_json_uuid(row[8])},'
+            f'"o":"{row[9].isoformat()}"}}'
+            for row in rows
+        )
+        source = (
+            "jsonb_to_recordset(%s::jsonb) AS e(n int, i uuid, t text, s int, a text, "
+            "p jsonb, m jsonb, c uuid, k uuid, o timestamptz)"
+        )
+        select = (
             f"INSERT INTO {table} ({INSERT_COLUMNS}) "
-            "SELECT e.event_id, e.event_type, e.schema_version, %s, %s, e.aggregate_type, "
-            "cur.v + e.ordinal::int, e.payload, e.metadata, e.correlation_id, e.causation_id, "
-            f"e.occurred_at, %s, {self.stamp_sql(table)} "
-            "FROM cur, unnest(%s::int[], %s::uuid[], %s::text[], %s::int[], %s::text[], "
-            "%s::text[]::jsonb[], %s::text[]::jsonb[], %s::uuid[], %s::uuid[], "
-            "%s::timestamptz[]) AS e(ordinal, event_id, event_type, schema_version, "
-            "aggregate_type, payload, metadata, correlation_id, causation_id, occurred_at) "
-            f"WHERE {condition} ORDER BY e.ordinal "
+            "SELECT e.i, e.t, e.s, %s, %s, e.a, {version}, e.p, e.m, e.c, e.k, e.o, %s, "
+            f"{self.stamp_sql(table)} FROM {{source}} {{where}}ORDER BY e.n "
             f"RETURNING position, aggregate_version{self.notify_sql()}"
         )
-        params = [tenant_id, aggregate_id, tenant_id, aggregate_id, recorded_at]
-        params += [list(column) for column in columns]
-        return sql, params + condition_params + self.notify_params()
+        params: list[Any]
+        if known:
+            where, where_params = "", []
+            if expected_version > 0:
+                where = (
+                    f"WHERE EXISTS (SELECT FROM {table} WHERE tenant_id = %s "
+                    "AND aggregate_id = %s AND aggregate_version = %s) "
+                )
+                where_params = [tenant_id, aggregate_id, expected_version]
+            sql = select.format(version="e.n", source=source, where=where)
+            params = [tenant_id, aggregate_id, recorded_at, f"[{events}]", *where_params]
+        else:
+            cte, condition, condition_params = self.version_check(table, expected_version)
+            sql = cte + select.format(
+                version="cur.v + e.n", source=f"cur, {source}", where=f"WHERE {condition} "
+            )
+            params = [tenant_id, aggregate_id, tenant_id, aggregate_id, recorded_at]
+            params += [f"[{events}]", *condition_params]
+        return sql, params + self.notify_params()
 
-    def fast_cursor(self, connection: BaseDatabaseWrapper) -> AbstractContextManager[Any]:
-        """A server-side-binding cursor: the append's statement is prepared and reused.
 
-        Django's default psycopg cursor binds on the client, re-parsing and re-sending the
-        whole statement on every append. The cursor is still wrapped by Django, so query
-        logging, execute wrappers and error translation work as usual.
-        """
-        from django.db.backends.postgresql.base import ServerBindingCursor
+@lru_cache(maxsize=1024)
+def _json_str(value: str) -> str:
+    """``value`` as a JSON string literal (event and aggregate type names repeat: cached)."""
+    return json.dumps(value)
 
-        connection.close_if_health_check_failed()
-        connection.ensure_connection()
-        with connection.wrap_database_errors:
-            cursor = ServerBindingCursor(connection.connection)  # type: ignore[call-arg]
-            return connection._prepare_cursor(cursor)  # type: ignore[attr-defined,no-any-return]
+
+def _json_uuid(value: UUID | None) -> str:
+    return "null" if value is None else f'"{value}"'
