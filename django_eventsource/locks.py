@@ -100,22 +100,51 @@ class PostgresAdvisoryLock(ProjectionLock):
     def acquire(self) -> bool:
         if self.held and self.renew():
             return True
-        if self._connection is None or self._connection.closed:
-            self._connection = self._connect()
-        row = self._connection.execute("SELECT pg_try_advisory_lock(%s)", [self.key]).fetchone()
-        self.held = bool(row and row[0])
+        self.held = self._try_lock()
         return self.held
+
+    def _try_lock(self) -> bool:
+        """``pg_try_advisory_lock`` on our session, opening a new one if the old one died.
+
+        A server restart, a failover or ``pg_terminate_backend`` kill the session without
+        psycopg noticing until the next statement, so a dead session gets one fresh retry.
+        If the server cannot be reached, this raises Django's ``OperationalError``, which
+        the runner's follow mode handles like any lost connection (back off, reconnect).
+        """
+        import psycopg
+        from django.db import OperationalError
+
+        for attempt in range(2):
+            try:
+                if self._connection is None or self._connection.closed:
+                    self._connection = self._connect()
+                row = self._connection.execute(
+                    "SELECT pg_try_advisory_lock(%s)", [self.key]
+                ).fetchone()
+            except psycopg.OperationalError as exc:
+                self._close()
+                if attempt:
+                    raise OperationalError(str(exc)) from exc
+            else:
+                return bool(row and row[0])
+        return False  # pragma: no cover - the loop returns or raises
 
     def renew(self) -> bool:
         if not self.held or self._connection is None:
             return False
         import psycopg
+        from django.db import OperationalError
 
         try:
             self._connection.execute("SELECT 1")
-        except psycopg.Error:  # the connection (and so the lock) is gone
-            self.held = False
+        except psycopg.Error:
+            # The session, and so the lock, is gone (a restart): take it again on a new
+            # session if nobody else has meanwhile; if someone has, it is theirs now.
             self._close()
+            try:
+                self.held = self._try_lock()
+            except OperationalError:
+                self.held = False
         return self.held
 
     def release(self) -> None:

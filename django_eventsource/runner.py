@@ -327,10 +327,9 @@ class ProjectionRunner:
                 except _LockLost as lost:
                     # Another runner holds it now (our session died, it took over): stop
                     # working on it after the committed batch and wait as its standby.
-                    lock = self._locks.pop(lost.label, None)
-                    if lock is not None:
+                    if lost.label in self._locks:
                         with contextlib.suppress(DatabaseError):
-                            lock.release()
+                            self._locks.pop(lost.label).release()
                 except (OperationalError, InterfaceError) as exc:
                     self.report("disconnected", error=str(exc))
                     self._release_all()
