@@ -124,6 +124,9 @@ class EventRegistry:
     def __init__(self) -> None:
         self._classes: dict[str, type[DomainEvent]] = {}
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
+        #: event type -> (class, its current schema version); filled by reads, reset on
+        #: registration.
+        self._current: dict[str, tuple[type[DomainEvent], int]] = {}
         self._lock = threading.Lock()
 
     def register(self, cls: type[E]) -> type[E]:
@@ -140,6 +143,7 @@ class EventRegistry:
                     "another event_type."
                 )
             self._classes[name] = cls
+            self._current.pop(name, None)
         return cls
 
     def register_upcaster(self, event_type: str, from_version: int, function: Upcaster) -> None:
@@ -210,17 +214,32 @@ class EventRegistry:
         position: int | None = None,
     ) -> DomainEvent:
         """Rebuild a typed event from its stored parts (upcasting the payload first)."""
+        return self._decode(event_type, schema_version, dict(payload), envelope, position)
+
+    def _decode(
+        self,
+        event_type: str,
+        schema_version: int,
+        data: dict[str, Any],
+        envelope: dict[str, Any],
+        position: int | None,
+    ) -> DomainEvent:
+        """:meth:`load` for a payload dict the caller gives away (it becomes the input)."""
         try:
-            cls = self.get(event_type)
-        except UnknownEventType:
-            raise UnknownEventType(event_type, position=position) from None
-        payload = self.upcast(event_type, schema_version, payload, position=position)
-        data = {
-            **payload,
-            **envelope,
-            "event_type": event_type,
-            "schema_version": cls.current_schema_version(),
-        }
+            cls, target = self._current[event_type]
+        except KeyError:
+            try:
+                cls = self.get(event_type)
+            except UnknownEventType:
+                raise UnknownEventType(event_type, position=position) from None
+            target = cls.current_schema_version()
+            self._current[event_type] = (cls, target)
+        if schema_version != target:
+            data = self.upcast(event_type, schema_version, data, position=position)
+            data = dict(data)
+        data.update(envelope)
+        data["event_type"] = event_type
+        data["schema_version"] = target
         try:
             event = cls.model_validate(data)
         except ValidationError as exc:

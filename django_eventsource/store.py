@@ -215,8 +215,8 @@ class StoredEvent:
     def metadata(self) -> dict[str, Any]:
         """The event's metadata (user, request id, ...)."""
         if isinstance(self._metadata, str):
-            self._metadata = json.loads(self._metadata)
-        return self._metadata  # type: ignore[return-value]
+            self._metadata = {} if self._metadata == "{}" else json.loads(self._metadata)
+        return self._metadata
 
     @property
     def event(self) -> DomainEvent:
@@ -232,10 +232,13 @@ class StoredEvent:
             event._position = self.position
             self._event, self._unversioned = event, None
         if self._event is None:
-            self._event = self._registry.load(
+            raw = self._payload
+            # A fresh dict for the event (the cached ``payload`` stays as stored).
+            data = json.loads(raw) if isinstance(raw, str) else dict(raw)
+            self._event = self._registry._decode(
                 self.event_type,
                 self.schema_version,
-                self.payload,
+                data,
                 {
                     "event_id": self.event_id,
                     "aggregate_id": self.aggregate_id,
@@ -247,7 +250,7 @@ class StoredEvent:
                     "causation_id": self.causation_id,
                     "metadata": self.metadata,
                 },
-                position=self.position,
+                self.position,
             )
         return self._event
 
@@ -587,9 +590,43 @@ def _metadata_json(metadata: dict[str, Any]) -> str:
 
 
 _COLUMNS: Final = (
-    "position, event_id, event_type, schema_version, tenant_id, aggregate_id, aggregate_type, "
-    "aggregate_version, payload, metadata, correlation_id, causation_id, occurred_at, recorded_at"
+    "position, event_id, event_type, schema_version, NULLIF(tenant_id, ''), aggregate_id, "
+    "aggregate_type, aggregate_version, payload, metadata, correlation_id, causation_id, "
+    "occurred_at, recorded_at"
 )
+
+
+def _from_rows(rows: Iterable[Sequence[Any]], registry: EventRegistry) -> list[StoredEvent]:
+    """StoredEvents from rows of ``_COLUMNS`` whose values need no conversion.
+
+    A read builds thousands of these: the slots are filled directly rather than through
+    the keyword constructor (about three times faster), and nothing is decoded yet.
+    """
+    new = StoredEvent.__new__
+    events: list[StoredEvent] = []
+    append = events.append
+    for row in rows:
+        event = new(StoredEvent)
+        (
+            event.position,
+            event.event_id,
+            event.event_type,
+            event.schema_version,
+            event.tenant_id,
+            event.aggregate_id,
+            event.aggregate_type,
+            event.aggregate_version,
+            event._payload,
+            event._metadata,
+            event.correlation_id,
+            event.causation_id,
+            event.occurred_at,
+            event.recorded_at,
+        ) = row
+        event._event = event._unversioned = None
+        event._registry = registry
+        append(event)
+    return events
 
 
 class EventStore(BaseEventStore):
@@ -719,6 +756,11 @@ class EventStore(BaseEventStore):
 
     # Reading ------------------------------------------------------------------------------
 
+    def _events(self, backend: Any, rows: list[Any]) -> list[StoredEvent]:
+        if backend.native_types:
+            return _from_rows(rows, self.registry)
+        return [self._stored(backend, row) for row in rows]
+
     def _stored(self, backend: Any, row: Sequence[Any]) -> StoredEvent:
         return StoredEvent(
             position=row[0],
@@ -760,10 +802,10 @@ class EventStore(BaseEventStore):
         if limit:
             sql += " LIMIT %s"
             params.append(limit)
-        with connections[self.using].cursor() as cursor:
+        with backend.read_cursor(connections[self.using]) as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
-        return ReadResult([self._stored(backend, row) for row in rows])
+        return ReadResult(self._events(backend, rows))
 
     def read_all(
         self,
@@ -803,7 +845,7 @@ class EventStore(BaseEventStore):
         if limit:
             sql += " LIMIT %s"
             params.append(limit + 1)
-        with connections[self.using].cursor() as cursor:
+        with backend.read_cursor(connections[self.using]) as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
             if not rows and start:
@@ -813,14 +855,14 @@ class EventStore(BaseEventStore):
         limited = limit is not None and len(rows) > limit
         if limited:
             rows = rows[:limit]
-        return ReadResult([self._stored(backend, row) for row in rows], start, limited)
+        return ReadResult(self._events(backend, rows), start, limited)
 
     def event_at(self, position: int) -> StoredEvent | None:
         backend = self._backend()
-        with connections[self.using].cursor() as cursor:
+        with backend.read_cursor(connections[self.using]) as cursor:
             cursor.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE position = %s", [position])
             row = cursor.fetchone()
-        return None if row is None else self._stored(backend, row)
+        return None if row is None else self._events(backend, [row])[0]
 
     def head_position(self) -> int:
         with connections[self.using].cursor() as cursor:

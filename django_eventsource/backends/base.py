@@ -24,6 +24,8 @@ class Backend:
     vendor: str = ""
     #: Whether follow mode can wake on LISTEN/NOTIFY (otherwise it polls).
     supports_notify: bool = False
+    #: Whether the driver returns UUID and aware datetime columns as such (no conversion).
+    native_types: bool = False
 
     def stamp_sql(self, table: str) -> str:
         """SQL computing the ordering stamp of rows inserted by the current statement."""
@@ -120,3 +122,7 @@ class Backend:
 
     def to_datetime(self, value: Any) -> datetime:
         return value  # type: ignore[no-any-return]
+
+    def read_cursor(self, connection: Any) -> Any:
+        """A cursor for reading events (Django's, wrapped for logging and error mapping)."""
+        return connection.cursor()

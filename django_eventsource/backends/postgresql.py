@@ -39,6 +39,7 @@ from django_eventsource.backends.base import INSERT_COLUMNS, AppendRow, Backend
 class PostgreSQLBackend(Backend):
     vendor = "postgresql"
     supports_notify = True
+    native_types = True
 
     def stamp_sql(self, table: str) -> str:
         # ORDER BY … LIMIT 1 rather than MAX(): the same backward probe of the (stamp,
@@ -61,6 +62,26 @@ class PostgreSQLBackend(Backend):
         from django_eventsource.conf import get_settings
 
         return [get_settings().notify_channel]
+
+    def read_cursor(self, connection: Any) -> Any:
+        """Django's cursor, with psycopg's C loader for ``timestamptz`` where it is exact.
+
+        Django registers a Python loader that parses each timestamp and then replaces its
+        tzinfo with the connection's time zone; on a read of thousands of events that is
+        most of the client's work. psycopg's own loader returns the very same values when
+        the session's time zone is the one Django wants (UTC by default), so use it then.
+        """
+        from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+        cursor = connection.cursor()
+        wanted = connection.timezone
+        if is_psycopg3 and wanted is not None:
+            driver = cursor.cursor
+            if driver.connection.info.timezone == wanted:
+                from psycopg.types.datetime import TimestamptzLoader
+
+                driver.adapters.register_loader("timestamptz", TimestamptzLoader)
+        return cursor
 
     def cast(self, sql: str, type_name: str) -> str:
         return f"{sql}::{type_name}"
