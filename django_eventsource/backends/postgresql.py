@@ -7,7 +7,8 @@ instead:
 
 ``stamp = GREATEST(current transaction id, max(stamp) of the committed events)``
 
-computed inside the append's INSERT. Readers only see rows whose stamp is below the oldest
+computed inside the append's INSERT (in the PL/pgSQL function ``django_eventsource_append_v1``
+of migration 0003, which also checks the stream's version). Readers only see rows whose stamp is below the oldest
 transaction id still running (``pg_snapshot_xmin(pg_current_snapshot())``) and order by
 ``(stamp, position)``.
 
@@ -33,7 +34,10 @@ from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
-from django_eventsource.backends.base import INSERT_COLUMNS, AppendRow, Backend
+from django_eventsource.backends.base import AppendRow, Backend
+
+#: The event table, which the append function (migration 0003) writes.
+TABLE = "django_eventsource_event"
 
 
 class PostgreSQLBackend(Backend):
@@ -41,27 +45,8 @@ class PostgreSQLBackend(Backend):
     supports_notify = True
     native_types = True
 
-    def stamp_sql(self, table: str) -> str:
-        # ORDER BY … LIMIT 1 rather than MAX(): the same backward probe of the (stamp,
-        # position) index, but the planner reaches it without the min/max-aggregate rewrite,
-        # which is a good part of planning an append (Django prepares no statement by default).
-        return (
-            "GREATEST(pg_current_xact_id()::text::bigint, "
-            f"COALESCE((SELECT stamp FROM {table} ORDER BY stamp DESC LIMIT 1), 0))"
-        )
-
     def horizon_sql(self) -> str:
         return "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)"
-
-    def notify_sql(self) -> str:
-        # A hint for followers, sent at commit. An uncorrelated sub-select runs once per
-        # statement (an InitPlan), and only when a row is returned, rather than once per row.
-        return ", (SELECT pg_notify(%s, ''))"
-
-    def notify_params(self) -> list[Any]:
-        from django_eventsource.conf import get_settings
-
-        return [get_settings().notify_channel]
 
     def read_cursor(self, connection: Any) -> Any:
         """Django's cursor, with psycopg's C loader for ``timestamptz`` where it is exact.
@@ -96,56 +81,40 @@ class PostgreSQLBackend(Backend):
         rows: Sequence[AppendRow],
         expected_version: int,
     ) -> tuple[str, list[Any]]:
+        # The append is a PL/pgSQL function (migration 0003): its INSERT's plan is cached per
+        # session, where a plain statement would be parsed and planned on every append. The
+        # function checks the version, computes the stamp as described above, and wakes the
+        # followers once.
+        #
         # The events travel as ONE jsonb parameter (an array of small objects, decoded by
         # jsonb_to_recordset): formatting that text costs the client a few string operations
         # per event, where array parameters go through psycopg's per-element Python dumpers.
         # The payload and metadata are JSON already and are embedded as they are.
-        #
-        # With an expected version >= 0 the versions are known up front: a stream that is
-        # already past ``expected_version`` fails on the unique (tenant, aggregate, version)
-        # constraint, and one that is short of it fails the EXISTS probe (no row inserted).
-        # Both become a ConcurrencyError in the store. No MAX(aggregate_version) CTE is
-        # needed, which keeps the statement cheap to plan. ANY and STREAM_EXISTS need the
-        # stream's current version and keep the CTE.
-        known = expected_version >= 0
-        first = expected_version if known else 0
+        if table != TABLE:  # pragma: no cover - the function is written for the model's table
+            raise ValueError(f"The append function writes {TABLE}, not {table}.")
         dumps = _json_str
         events = ",".join(
-            f'{{"n":{first + row[0]},"i":"{row[1]}","t":{dumps(row[2])},"s":{row[3]},'
+            f'{{"n":{row[0]},"i":"{row[1]}","t":{dumps(row[2])},"s":{row[3]},'
             f'"a":{dumps(row[4])},"p":{row[5]},"m":{row[6]},'
             f'"c":{_json_uuid(row[7])},"k":{_json_uuid(row[8])},'
             f'"o":"{row[9].isoformat()}"}}'
             for row in rows
         )
-        source = (
-            "jsonb_to_recordset(%s::jsonb) AS e(n int, i uuid, t text, s int, a text, "
-            "p jsonb, m jsonb, c uuid, k uuid, o timestamptz)"
+        from django_eventsource.conf import get_settings
+
+        sql = (
+            "SELECT o_position, o_version FROM django_eventsource_append_v1("
+            "%s, %s::uuid, %s::timestamptz, %s::jsonb, %s::integer, %s)"
         )
-        select = (
-            f"INSERT INTO {table} ({INSERT_COLUMNS}) "
-            "SELECT e.i, e.t, e.s, %s, %s, e.a, {version}, e.p, e.m, e.c, e.k, e.o, %s, "
-            f"{self.stamp_sql(table)} FROM {{source}} {{where}}ORDER BY e.n "
-            f"RETURNING position, aggregate_version{self.notify_sql()}"
-        )
-        params: list[Any]
-        if known:
-            where, where_params = "", []
-            if expected_version > 0:
-                where = (
-                    f"WHERE EXISTS (SELECT FROM {table} WHERE tenant_id = %s "
-                    "AND aggregate_id = %s AND aggregate_version = %s) "
-                )
-                where_params = [tenant_id, aggregate_id, expected_version]
-            sql = select.format(version="e.n", source=source, where=where)
-            params = [tenant_id, aggregate_id, recorded_at, f"[{events}]", *where_params]
-        else:
-            cte, condition, condition_params = self.version_check(table, expected_version)
-            sql = cte + select.format(
-                version="cur.v + e.n", source=f"cur, {source}", where=f"WHERE {condition} "
-            )
-            params = [tenant_id, aggregate_id, tenant_id, aggregate_id, recorded_at]
-            params += [f"[{events}]", *condition_params]
-        return sql, params + self.notify_params()
+        params = [
+            tenant_id,
+            aggregate_id,
+            recorded_at,
+            f"[{events}]",
+            expected_version,
+            get_settings().notify_channel,
+        ]
+        return sql, params
 
 
 @lru_cache(maxsize=1024)
