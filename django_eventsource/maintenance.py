@@ -171,6 +171,9 @@ def rebase_stamps(
     * Under the lock, every running transaction's id is at least the horizon ``h`` read now,
       so mapping the stamps into ``… h - 1`` makes all events visible at commit and every later
       append (stamp ``>= its xid >= h``) sorts after all of them: no reader can skip one.
+      An append that waited for the lock reads the highest stamp under a snapshot taken
+      after the lock was granted (READ COMMITTED), so it sees the re-based stamps, not the
+      restored ones (``test_an_append_waiting_on_the_rebase_lands_after_it_and_stays_visible``).
     * The order of ``(stamp, position)`` is preserved exactly (see ``_PLAN``), and checkpoints
       are positions whose stamp readers look up afresh: projections resume where they were.
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import threading
+import time
 from io import StringIO
+from uuid import uuid4
 
 import pytest
 from django.core.checks import run_checks
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import connection, connections, transaction
 
 from django_eventsource import EventStore, catch_up, projection_registry
 from django_eventsource.maintenance import diagnose_stamps, rebase_stamps
@@ -26,6 +29,7 @@ from django_eventsource.store import TABLE
 from tests.factories import task_history
 from tests.fold import fold_task_board, task_board_rows
 from tests.integration.test_commands import cli
+from tests.testapp.events import TaskCreated
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -215,3 +219,77 @@ def test_refused_on_sqlite(child_db_url: str) -> None:
     assert result.returncode == 1
     assert "Only PostgreSQL stores transaction-id stamps" in result.stderr
     assert all_read(store, 0) == order()
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not ON_POSTGRES, reason=PG_ONLY)
+def test_an_append_waiting_on_the_rebase_lands_after_it_and_stays_visible() -> None:
+    """An append that arrives while the re-base holds its lock waits, then commits a stamp
+    above every re-based one and below the horizon: no new stall, nothing skipped."""
+    store = EventStore()
+    task_history(store, tasks=4, seed=81)
+    simulate_restore()
+    expected = order()
+    locked, release = threading.Event(), threading.Event()
+    appended: list[int] = []
+    errors: list[Exception] = []
+
+    def rebase_and_hold() -> None:
+        try:
+            with transaction.atomic():
+                rebase_stamps()  # a savepoint: the lock lasts until the outer commit
+                locked.set()
+                release.wait(30)
+        except Exception as exc:  # noqa: BLE001 - a thread: re-raised by the assert below
+            errors.append(exc)
+        finally:
+            locked.set()
+            connections.close_all()
+
+    def append() -> None:
+        try:
+            task_id = uuid4()
+            [stored] = EventStore().append(
+                task_id, [TaskCreated(aggregate_id=task_id, title="late")]
+            )
+            appended.append(stored.position)
+        except Exception as exc:  # noqa: BLE001 - a thread: re-raised by the assert below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    rebaser = threading.Thread(target=rebase_and_hold)
+    rebaser.start()
+    assert locked.wait(30)
+    appender = threading.Thread(target=append)
+    appender.start()
+    try:
+        assert wait_until(waiting_on_event_table), "the append did not wait for the lock"
+    finally:
+        release.set()
+        rebaser.join(30)
+        appender.join(30)
+    assert not errors, errors
+    [late] = appended
+    diagnosis = diagnose_stamps()
+    assert diagnosis is not None and not diagnosis.needs_rebase, diagnosis
+    assert order() == [*expected, late]
+    assert all_read(store, expected[-1]) == [late]
+
+
+def waiting_on_event_table() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = %s::regclass)",
+            [TABLE],
+        )
+        return bool(cursor.fetchone()[0])
+
+
+def wait_until(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
