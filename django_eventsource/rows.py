@@ -72,12 +72,18 @@ class RowSet:
         for model, field in keys.items():
             tenant_field = _has_tenant(model)
             for tenant, ids in wanted.items():
-                lookup: dict[str, Any] = {f"{field}__in": ids}
+                lookup: dict[str, Any] = {}
                 if tenant_field:
                     lookup["tenant_id"] = tenant or ""
-                found = {
-                    getattr(row, field): row for row in self._queryset(model).filter(**lookup)
-                }
+                queryset = self._queryset(model).filter(**lookup)
+                if self._lock:  # PostgreSQL: one array parameter, not one per stream
+                    column, array_type = _any_column(model, field, self.using)
+                    queryset = queryset.extra(
+                        where=[f"{column} = ANY(%s::{array_type}[])"], params=[list(ids)]
+                    )
+                else:
+                    queryset = queryset.filter(**{f"{field}__in": ids})
+                found = {getattr(row, field): row for row in queryset}
                 for aggregate_id in ids:
                     row_lookup: dict[str, Any] = {field: aggregate_id}
                     if tenant_field:
@@ -284,6 +290,16 @@ class RowSet:
 
 
 _SLOW = object()
+
+
+@functools.cache
+def _any_column(model: type[models.Model], name: str, alias: str) -> tuple[str, str]:
+    """The qualified, quoted column of field ``name`` and its type, for ``= ANY(array)``."""
+    connection = connections[alias]
+    field = model._meta.get_field(name)
+    quote = connection.ops.quote_name
+    column = f"{quote(model._meta.db_table)}.{quote(_column(field))}"  # type: ignore[arg-type]
+    return column, str(field.db_type(connection)).split("(")[0]
 
 
 def _column(field: models.Field[Any, Any]) -> str:
