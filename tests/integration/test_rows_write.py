@@ -17,6 +17,7 @@ from uuid import UUID, uuid4
 import pytest
 from django.apps.registry import Apps
 from django.db import connection, models, transaction
+from django.test.utils import CaptureQueriesContext
 
 from django_eventsource import DeclarativeProjection
 from django_eventsource.models import CheckpointedModel
@@ -46,20 +47,39 @@ class WideRow(CheckpointedModel):
         db_table = "test_rows_write_widerow"
 
 
+class PlainRow(CheckpointedModel):
+    """Only plain field types: on PostgreSQL a batch of these is sent as one JSON document."""
+
+    item_id = models.UUIDField(unique=True)
+    other_id = models.UUIDField(null=True)
+    label = models.CharField(max_length=50, default="")
+    note = models.TextField(null=True)  # noqa: DJ001 (NULL must round-trip)
+    flag = models.BooleanField(null=True)
+    count = models.IntegerField(default=0)
+    big = models.BigIntegerField(default=0)
+
+    class Meta:
+        apps = WideRow._meta.apps
+        app_label = "rows_write"
+        db_table = "test_rows_write_plainrow"
+
+
 class WideRows(DeclarativeProjection):
-    models = (WideRow,)
-    row_keys = {WideRow: "item_id"}  # noqa: RUF012
+    models = (WideRow, PlainRow)
+    row_keys = {WideRow: "item_id", PlainRow: "item_id"}  # noqa: RUF012
 
 
 @pytest.fixture
 def table() -> Iterator[None]:
     with connection.schema_editor() as editor:
         editor.create_model(WideRow)
+        editor.create_model(PlainRow)
     try:
         yield
     finally:
         with connection.schema_editor() as editor:
             editor.delete_model(WideRow)
+            editor.delete_model(PlainRow)
 
 
 def event(item: UUID, version: int, position: int) -> TaskCreated:
@@ -68,13 +88,18 @@ def event(item: UUID, version: int, position: int) -> TaskCreated:
     return created
 
 
-def write(rows_by_item: dict[UUID, dict[str, Any]], version: int, position: int) -> list[Any]:
+def write(
+    rows_by_item: dict[UUID, dict[str, Any]],
+    version: int,
+    position: int,
+    model: type[CheckpointedModel] = WideRow,
+) -> list[Any]:
     """One batch: set ``values`` on each item's row (new or loaded) and flush."""
     written = []
     with transaction.atomic():
         rows = RowSet(WideRows())
         for n, (item, values) in enumerate(rows_by_item.items()):
-            row = rows.get(WideRow, event(item, version, position + n), item_id=item)
+            row = rows.get(model, event(item, version, position + n), item_id=item)
             assert row is not None
             for name, value in values.items():
                 setattr(row, name, value)
@@ -83,9 +108,9 @@ def write(rows_by_item: dict[UUID, dict[str, Any]], version: int, position: int)
     return written
 
 
-def stored(item: UUID) -> dict[str, Any]:
-    row = WideRow.objects.get(item_id=item)
-    return {f.attname: getattr(row, f.attname) for f in WideRow._meta.concrete_fields}
+def stored(item: UUID, model: type[CheckpointedModel] = WideRow) -> dict[str, Any]:
+    row = model._default_manager.get(item_id=item)
+    return {f.attname: getattr(row, f.attname) for f in model._meta.concrete_fields}
 
 
 def test_every_field_kind_round_trips_on_insert_and_on_upsert(table: None) -> None:
@@ -144,3 +169,45 @@ def test_values_of_another_type_and_expressions_go_through_django(table: None) -
     write({a: {"count": models.Value(15)}, b: {"count": 3}}, version=3, position=5)
     assert (stored(a)["count"], stored(b)["count"]) == (15, 3)
     assert stored(a)["last_event_version"] == 3
+
+
+def test_plain_values_round_trip_including_awkward_strings(table: None) -> None:
+    awkward = [
+        "",
+        "plain",
+        "quote ' double \" backslash \\ brace {a,b} comma , paren (x)",
+        "newline\nand tab\t",
+        "unicode é ß 漢字 🎉",
+        "null",
+        "NULL",
+        "{}",
+    ]
+    items = [uuid4() for _ in awkward]
+    first = {
+        item: {
+            "label": text[:50],
+            "note": None if n % 2 else text,
+            "flag": (None, True, False)[n % 3],
+            "count": -(2**31) if n == 0 else n,
+            "big": 2**62 if n == 1 else -n,
+            "other_id": None if n % 2 else uuid4(),
+        }
+        for n, (item, text) in enumerate(zip(items, awkward, strict=True))
+    }
+    with CaptureQueriesContext(connection) as queries:
+        rows = write(first, version=1, position=100, model=PlainRow)
+    if connection.vendor == "postgresql":  # the path this test is about
+        assert any("jsonb_array_elements" in q["sql"] for q in queries.captured_queries)
+    assert all(r.pk is not None for r in rows)
+    for n, (item, values) in enumerate(first.items()):
+        row = stored(item, PlainRow)
+        assert {k: row[k] for k in values} == values
+        assert (row["last_event_version"], row["last_event_position"]) == (1, 100 + n)
+    # Upsert them all: the loaded rows take the new values and checkpoints.
+    second = {item: {**values, "note": "again", "flag": None} for item, values in first.items()}
+    write(second, version=2, position=200, model=PlainRow)
+    for n, (item, values) in enumerate(second.items()):
+        row = stored(item, PlainRow)
+        assert {k: row[k] for k in values} == values
+        assert (row["last_event_version"], row["last_event_position"]) == (2, 200 + n)
+    assert PlainRow.objects.count() == len(items)
