@@ -62,7 +62,12 @@ class StampDiagnosis:
     def message(self) -> str:
         """One line for status output, checks and the command."""
         if not self.needs_rebase:
-            return f"Event stamps are consistent with the server (max {self.max_stamp})."
+            if self.max_stamp is None:
+                return "No events: no stamps to check."
+            return (
+                f"Event stamps are consistent with the server (max {self.max_stamp}, "
+                f"next transaction id {self.next_xid})."
+            )
         return (
             f"Event stamps (max {self.max_stamp}) are above the server's transaction counter "
             f"(next {self.next_xid}): new events stay invisible. Restored from a dump? "
