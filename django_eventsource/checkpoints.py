@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from asgiref.sync import sync_to_async
+from django.db import connections, models
 from django.utils import timezone
 
 if TYPE_CHECKING:
@@ -118,11 +119,28 @@ class DatabaseCheckpointStore(_AsyncTwins):
         from django_eventsource.models import ProjectionState
 
         now = timezone.now()
-        states = ProjectionState.objects.using(self.using)
-        updated = states.filter(name=projection_id, tenant_id=tenant_id or NO_TENANT).update(
-            position=position, last_progress_at=now, updated_at=now
-        )
+        using = self.using
+        connection = connections[using]
+        meta = ProjectionState._meta
+
+        def column(name: str) -> str:
+            field = meta.get_field(name)
+            assert isinstance(field, models.Field)  # a concrete column of ProjectionState
+            return connection.ops.quote_name(str(field.column))
+
+        stamp = connection.ops.adapt_datetimefield_value(now)
+        # The runner saves once per batch: one plain UPDATE, without the ORM's query
+        # building (which cost as much as the statement itself).
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {connection.ops.quote_name(meta.db_table)} SET {column('position')} = "
+                f"%s, {column('last_progress_at')} = %s, {column('updated_at')} = %s "
+                f"WHERE {column('name')} = %s AND {column('tenant_id')} = %s",
+                [position, stamp, stamp, projection_id, tenant_id or NO_TENANT],
+            )
+            updated = cursor.rowcount
         if not updated:
+            states = ProjectionState.objects.using(using)
             states.create(
                 name=projection_id,
                 tenant_id=tenant_id or NO_TENANT,
