@@ -37,6 +37,7 @@ from django_eventsource.exceptions import (
     PositionNotFound,
     ProjectionError,
     ProjectionLocked,
+    RebuildAborted,
     UnknownEventType,
     WrongExpectedVersion,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "ProjectionLocked",
     "ProjectionState",
     "ReadResult",
+    "RebuildAborted",
     "Repository",
     "SnapshotRecord",
     "SnapshotStore",

@@ -24,6 +24,7 @@ __all__ = [
     "PositionNotFound",
     "ProjectionError",
     "ProjectionLocked",
+    "RebuildAborted",
     "UnknownEventType",
     "WrongExpectedVersion",
 ]
@@ -219,6 +220,18 @@ class EventGapError(EventSourceError):
             f"{model} row for stream {aggregate_id} holds version {held or 0} but was given "
             f"version {incoming}: the events in between were never applied. Rebuild the "
             "projection, or replay from an earlier checkpoint."
+        )
+
+
+class RebuildAborted(EventSourceError):
+    """An atomic rebuild could not finish and was rolled back; the old rows are untouched."""
+
+    def __init__(self, projection: str, reason: str) -> None:
+        self.projection = projection
+        self.reason = reason
+        super().__init__(
+            f"Rebuild of {projection!r} was rolled back: {reason}. Readers still see the "
+            "previous rows and checkpoint; nothing was changed."
         )
 
 

@@ -480,7 +480,9 @@ class ProjectionRunner:
             )
             if self._stop.wait(delay):
                 return applied, committed, False
-            connections[projection.database].close_if_unusable_or_obsolete()
+            connection = connections[projection.database]
+            if not connection.in_atomic_block:  # an atomic rebuild's transaction must live
+                connection.close_if_unusable_or_obsolete()
             attempts += 1
             try:
                 applied += apply_batch(projection, [failing], checkpoints, tenant_id=tenant)

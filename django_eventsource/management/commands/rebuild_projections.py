@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
-from django_eventsource.exceptions import ProjectionLocked
+from django_eventsource.exceptions import ProjectionLocked, RebuildAborted
 from django_eventsource.management.commands._base import ProgressPrinter, ProjectionCommand
 from django_eventsource.rebuild import plan_rebuild, rebuild
 from django_eventsource.store import EventStore
@@ -17,7 +17,7 @@ class Command(ProjectionCommand):
         "Delete the rows of the named projections (through _truncate_read_models), reset "
         "their checkpoints and replay every event in batches. Resumes an interrupted "
         "rebuild. Refuses while a live runner holds a projection (or waits with --wait). "
-        "Readers see the projection fill up as it rebuilds."
+        "Readers see the projection fill up as it rebuilds, unless --atomic."
     )
     requires_migrations_checks = True
     all_by_default = False
@@ -39,6 +39,16 @@ class Command(ProjectionCommand):
             "--wait", action="store_true", help="Wait for a live runner to release the projection."
         )
         parser.add_argument(
+            "--atomic",
+            action="store_true",
+            help=(
+                "Reset and replay in one transaction: readers keep seeing the old rows until "
+                "the new ones commit at once. Not resumable (a failure or a stop rolls it all "
+                "back); holds PostgreSQL's ordering horizon (other projections lag meanwhile) "
+                "or SQLite's write lock for as long as it runs."
+            ),
+        )
+        parser.add_argument(
             "--restart",
             action="store_true",
             help="Start over even if an interrupted rebuild could be resumed.",
@@ -52,10 +62,11 @@ class Command(ProjectionCommand):
         tenant = options["tenant"]
         plans = [plan_rebuild(p, tenant_id=tenant, event_store=store) for p in projections]
         for plan in plans:
-            action = "resume the interrupted rebuild of" if plan.resuming else "delete"
+            resuming = plan.resuming and not options["atomic"]  # atomic always starts over
+            action = "resume the interrupted rebuild of" if resuming else "delete"
             rows = (
                 ""
-                if plan.resuming
+                if resuming
                 else f" {plan.rows} rows of {', '.join(plan.tables) or 'no tables'} and"
             )
             self.stdout.write(
@@ -81,8 +92,11 @@ class Command(ProjectionCommand):
                     progress_callback=printer,
                     wait=options["wait"],
                     restart=options["restart"],
+                    atomic=options["atomic"],
                     install_signal_handlers=True,
                 )
+            except RebuildAborted as exc:
+                raise CommandError(str(exc), returncode=1) from exc
             except ProjectionLocked as exc:
                 raise CommandError(
                     f"{exc} Nothing was changed. Stop that runner, or run again with --wait."
