@@ -56,16 +56,21 @@ class PostgreSQLBackend(Backend):
         most of the client's work. psycopg's own loader returns the very same values when
         the session's time zone is the one Django wants (UTC by default), so use it then.
         """
-        from django.db.backends.postgresql.psycopg_any import is_psycopg3
-
         cursor = connection.cursor()
-        wanted = connection.timezone
-        if is_psycopg3 and wanted is not None:
-            driver = cursor.cursor
-            if driver.connection.info.timezone == wanted:
-                from psycopg.types.datetime import TimestamptzLoader
+        wanted = connection.timezone  # None without USE_TZ: Django's loader then
+        driver = getattr(cursor, "cursor", None)
+        # psycopg 3 only (psycopg2 cursors have no adapters map); duck-typed rather than
+        # through Django's internal driver flags, which differ between Django versions.
+        adapters = getattr(driver, "adapters", None)
+        info = getattr(getattr(driver, "connection", None), "info", None)
+        if (
+            wanted is not None
+            and adapters is not None
+            and getattr(info, "timezone", None) == wanted
+        ):
+            from psycopg.types.datetime import TimestamptzLoader
 
-                driver.adapters.register_loader("timestamptz", TimestamptzLoader)
+            adapters.register_loader("timestamptz", TimestamptzLoader)
         return cursor
 
     def cast(self, sql: str, type_name: str) -> str:
