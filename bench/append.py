@@ -19,8 +19,9 @@ sides alternate which goes first from one run to the next:
 * append, 1 writer: ``aggregates`` appends of ``events`` new events (``expected_version=0``).
   Library: ``EventStore.append``, the pydantic events built inside the timed loop. Raw: the
   parameter rows (uuid4 ids, ``Jsonb`` payload) built inside the timed loop, then one
-  transaction per aggregate (``BEGIN``; one multi-row ``INSERT ... VALUES``; ``COMMIT``), the
-  fastest of the simple approaches (psycopg caches and, after 5 runs, prepares it).
+  multi-row ``INSERT ... VALUES`` per aggregate in autocommit mode (its own transaction, as
+  the library's single-statement append is outside ``transaction.atomic``), the fastest of
+  the simple approaches (psycopg caches and, after 5 runs, prepares it).
 * append, N writers: the same work split over ``writers`` processes (``spawn``), which connect
   first and then start together at a barrier; events/s is all events over (last end - first
   start).
@@ -181,17 +182,24 @@ def prepare_schema(config: Config) -> None:
 # The measured work ------------------------------------------------------------------------
 
 
-def library_append(alias: str, aggregates: int, events: int) -> None:
-    """``aggregates`` appends of ``events`` new events each; events are built in the loop."""
+def library_append(alias: str, aggregates: int, events: int, atomic: bool = False) -> None:
+    """``aggregates`` appends of ``events`` new events each; events are built in the loop.
+
+    With ``atomic``, each append runs inside its own ``transaction.atomic()`` block, as in a
+    view under ``ATOMIC_REQUESTS`` (BEGIN and COMMIT round trips around the statement).
+    """
+    from django.db import transaction
+
     store = EventStore(using=alias)
     append = store.append
     for _ in range(aggregates):
         aggregate_id = uuid.uuid4()
-        append(
-            aggregate_id,
-            [BenchEvent(aggregate_id=aggregate_id, n=i) for i in range(events)],
-            expected_version=0,
-        )
+        events_ = [BenchEvent(aggregate_id=aggregate_id, n=i) for i in range(events)]
+        if atomic:
+            with transaction.atomic(using=alias):
+                append(aggregate_id, events_, expected_version=0)
+        else:
+            append(aggregate_id, events_, expected_version=0)
 
 
 def raw_insert_sql(events: int) -> str:
@@ -202,11 +210,16 @@ def raw_insert_sql(events: int) -> str:
     )
 
 
-def raw_append(conn: psycopg.Connection[Any], aggregates: int, events: int) -> None:
+def raw_append(
+    conn: psycopg.Connection[Any], aggregates: int, events: int, explicit: bool = False
+) -> None:
     """The baseline: one transaction per aggregate, one multi-row INSERT of its rows.
 
-    ``conn`` is in autocommit mode; ``conn.transaction()`` sends BEGIN and COMMIT, like the
-    library's ``transaction.atomic``. psycopg prepares the statement after 5 executions.
+    ``conn`` is in autocommit mode, so the single INSERT is its own transaction, as the
+    library's append is when nothing else must share its transaction (no enclosing
+    ``atomic``, inline projection or hook). With ``explicit``, ``conn.transaction()`` sends
+    BEGIN and COMMIT around it (two more round trips), as the library does inside
+    ``transaction.atomic``. psycopg prepares the statement after 5 executions.
     """
     query = raw_insert_sql(events)
     uuid4 = uuid.uuid4
@@ -216,7 +229,10 @@ def raw_append(conn: psycopg.Connection[Any], aggregates: int, events: int) -> N
             params: list[Any] = []
             for i in range(events):
                 params += (uuid4(), aggregate_id, i + 1, EVENT_TYPE, Jsonb({"n": i}))
-            with conn.transaction():
+            if explicit:
+                with conn.transaction():
+                    cursor.execute(query, params)
+            else:
                 cursor.execute(query, params)
 
 
@@ -473,7 +489,7 @@ def print_environment(config: Config, admin: Admin, args: argparse.Namespace) ->
     )
     print(f"Library connection: {binding}")
     print(
-        "Raw baseline: psycopg 3 defaults, one BEGIN / multi-row INSERT / COMMIT per "
+        "Raw baseline: psycopg 3 defaults, one multi-row INSERT (autocommit) per "
         "aggregate; keyset reads by position"
     )
     print(
@@ -617,16 +633,24 @@ def main(argv: list[str] | None = None) -> int:
 
     total = args.aggregates * args.events
     single = Phase("append, 1 writer", TARGET)
+    in_atomic = Phase("append in atomic(), 1 writer")
     multi = Phase(f"append, {args.writers} writers", in_process=False)
     read = Phase("read_all, pages of 1000", TARGET)
     decode = Phase("read_all + .event decode")
-    phases = [single, multi, read, decode]
+    phases = [single, in_atomic, multi, read, decode]
 
     def check_count(count: int) -> None:
         if count != total:
             raise AssertionError(f"read {count} events, expected {total}")
 
     def run_library() -> None:
+        admin.reset(LIB_TABLE)
+        in_atomic.library.measure(
+            lambda: library_append("default", args.aggregates, args.events, atomic=True),
+            total,
+            lib_pid,
+        )
+        admin.check("default", LIB_TABLE)
         admin.reset(LIB_TABLE)
         single.library.measure(
             lambda: library_append("default", args.aggregates, args.events), total, lib_pid
@@ -644,6 +668,13 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     def run_raw() -> None:
+        admin.reset(RAW_TABLE)
+        in_atomic.raw.measure(
+            lambda: raw_append(raw_conn, args.aggregates, args.events, explicit=True),
+            total,
+            raw_pid,
+        )
+        admin.check(None, RAW_TABLE)
         admin.reset(RAW_TABLE)
         single.raw.measure(
             lambda: raw_append(raw_conn, args.aggregates, args.events), total, raw_pid

@@ -695,10 +695,15 @@ class EventStore(BaseEventStore):
         attempts = ANY_RETRIES if batch.expected_version == ExpectedVersion.ANY else 1
         for attempt in range(attempts):
             try:
-                with transaction.atomic(using=self.using):
+                if self._alone():
+                    # The append is one statement, and a statement outside a transaction is
+                    # a transaction of its own: no BEGIN and COMMIT round trips needed.
                     stored = self._insert(batch)
-                    if stored:
-                        self._run_after_append(stored)
+                else:
+                    with transaction.atomic(using=self.using):
+                        stored = self._insert(batch)
+                        if stored:
+                            self._run_after_append(stored)
             except IntegrityError as exc:
                 # Another writer took one of these versions between our check and our insert.
                 if attempt + 1 < attempts:
@@ -708,6 +713,23 @@ class EventStore(BaseEventStore):
                 raise self._conflict(batch)
             return stored
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _alone(self) -> bool:
+        """Whether nothing else must share the append's transaction.
+
+        True outside any ``transaction.atomic`` block (in autocommit mode) when no
+        ``after_append`` hook and no inline projection is registered: then the append's single
+        statement is atomic by itself.
+        """
+        connection = connections[self.using]
+        hooks = getattr(self, "after_append", None)
+        if connection.in_atomic_block or not connection.get_autocommit() or hooks:
+            return False
+        if self.inline_projections:
+            from django_eventsource.projections import projection_registry
+
+            return not projection_registry.inline()
+        return True
 
     def _conflict(self, batch: _Batch) -> ConcurrencyError:
         actual = self.stream_version(batch.aggregate_id, tenant_id=batch.tenant_id)
