@@ -645,9 +645,12 @@ _backends: dict[str, Any] = {}
 class EventStore(BaseEventStore):
     """The event store in the Django database ``using`` (default: ``EVENTSOURCE``'s alias).
 
-    An append is one ``INSERT … SELECT`` statement that checks the expected version, assigns
-    the stream versions and computes the ordering stamp; it runs in a transaction (a savepoint
-    when called inside ``transaction.atomic``) together with any inline projections.
+    An append is one statement that checks the expected version, assigns the stream versions
+    and computes the ordering stamp (on PostgreSQL a call of the PL/pgSQL function of
+    migration 0003, on SQLite one ``INSERT … SELECT``). It runs in a transaction together with
+    any inline projections and ``after_append`` hooks (a savepoint when called inside
+    ``transaction.atomic``); when there are none and no transaction is open, the statement is
+    its own transaction.
     """
 
     def __init__(
