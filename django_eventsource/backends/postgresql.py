@@ -130,3 +130,36 @@ def _json_str(value: str) -> str:
 
 def _json_uuid(value: UUID | None) -> str:
     return "null" if value is None else f'"{value}"'
+
+
+APPEND_FUNCTION = "django_eventsource_append_v1(text, uuid, timestamptz, jsonb, integer, text)"
+
+
+def ensure_append_function(sender: Any, using: str = "default", **kwargs: Any) -> None:
+    """``post_migrate``: create the append function where the event table exists without it.
+
+    Tables made without running the migrations (``migrate --run-syncdb`` with migrations
+    disabled, as pytest-django's ``--nomigrations`` does) lack migration 0003's function, and
+    every append would fail. Nothing happens when it exists, off PostgreSQL, or while
+    migration 0003 is being reversed.
+    """
+    from importlib import import_module
+
+    from django.db import connections
+
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return
+    for migration, backwards in kwargs.get("plan") or ():
+        if backwards and migration.app_label == "django_eventsource":
+            return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT to_regclass(%s) IS NOT NULL, to_regprocedure(%s) IS NOT NULL",
+            [TABLE, APPEND_FUNCTION],
+        )
+        row = cursor.fetchone()
+        if row is not None and row[0] and not row[1]:
+            cursor.execute(
+                import_module("django_eventsource.migrations.0003_append_function").CREATE
+            )
