@@ -862,12 +862,16 @@ class EventStore(BaseEventStore):
         start = from_position or 0
         where: list[str] = []
         params: list[Any] = []
-        if start:
+        if start and backend.stamped:
             # Resume after the *pair* (stamp, position) of the last event seen.
             where.append(
                 f"(stamp, position) > ((SELECT stamp FROM {TABLE} WHERE position = %s), %s)"
             )
             params += [start, start]
+        elif start:
+            # A row comparison on a constant stamp would scan from the start on every page.
+            where.append("position > %s")
+            params.append(start)
         horizon = backend.horizon_sql()
         if horizon:
             where.append(f"stamp < {horizon}")
@@ -883,7 +887,7 @@ class EventStore(BaseEventStore):
         sql = f"SELECT {_COLUMNS} FROM {TABLE}"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY stamp, position"
+        sql += " ORDER BY stamp, position" if backend.stamped else " ORDER BY position"
         if limit:
             sql += " LIMIT %s"
             params.append(limit + 1)

@@ -26,6 +26,9 @@ class Backend:
     supports_notify: bool = False
     #: Whether the driver returns UUID and aware datetime columns as such (no conversion).
     native_types: bool = False
+    #: Whether rows carry a causal stamp that orders them (PostgreSQL). Without one, the
+    #: position is commit order, and readers order and resume by it alone (index-backed).
+    stamped: bool = True
 
     def stamp_sql(self, table: str) -> str:
         """SQL computing the ordering stamp of rows inserted by the current statement."""

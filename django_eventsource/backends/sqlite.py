@@ -19,6 +19,7 @@ from django_eventsource.backends.base import Backend
 class SQLiteBackend(Backend):
     vendor = "sqlite"
     supports_notify = False
+    stamped = False
 
     def stamp_sql(self, table: str) -> str:
         return "0"
