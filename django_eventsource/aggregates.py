@@ -43,7 +43,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from pydantic import BaseModel, ConfigDict, create_model
 
-from django_eventsource.events import DomainEvent
+from django_eventsource.events import DomainEvent, mark_event_types
 from django_eventsource.exceptions import AggregateNotFound, ConcurrencyError
 from django_eventsource.store import NO_TENANT, BaseEventStore, EventStore, StoredEvent
 
@@ -81,25 +81,7 @@ def applies(*event_types: type[DomainEvent] | str) -> Callable[[F], F]:
     no I/O, no new events. It runs on replay for every stored event, so it must accept any
     event that was ever valid.
     """
-    if not event_types:
-        raise TypeError("@applies() needs at least one event type")
-    names = []
-    for event_type in event_types:
-        if isinstance(event_type, str):
-            names.append(event_type)
-        elif isinstance(event_type, type) and issubclass(event_type, DomainEvent):
-            names.append(event_type.default_event_type())
-        else:
-            raise TypeError(
-                f"@applies() takes DomainEvent classes or type names, not {event_type!r}"
-            )
-
-    def decorator(function: F) -> F:
-        existing = getattr(function, APPLIES_ATTR, ())
-        setattr(function, APPLIES_ATTR, (*existing, *names))
-        return function
-
-    return decorator
+    return mark_event_types("applies", APPLIES_ATTR, event_types)
 
 
 def _is_classvar(annotation: Any) -> bool:

@@ -35,6 +35,7 @@ __all__ = [
 
 E = TypeVar("E", bound="DomainEvent")
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _utcnow() -> datetime:
@@ -258,6 +259,31 @@ def _qualname(cls: type) -> str:
 
 #: The process-wide registry behind :func:`register_event` and :func:`upcaster`.
 event_registry = EventRegistry()
+
+
+def mark_event_types(
+    decorator: str, attribute: str, event_types: tuple[type[DomainEvent] | str, ...]
+) -> Callable[[F], F]:
+    """The body of ``@handles`` and ``@applies``: record type names on the decorated method."""
+    if not event_types:
+        raise TypeError(f"@{decorator}() needs at least one event type")
+    names = []
+    for event_type in event_types:
+        if isinstance(event_type, str):
+            names.append(event_type)
+        elif isinstance(event_type, type) and issubclass(event_type, DomainEvent):
+            names.append(event_type.default_event_type())
+        else:
+            raise TypeError(
+                f"@{decorator}() takes DomainEvent classes or type names, not {event_type!r}"
+            )
+
+    def mark(function: F) -> F:
+        existing = getattr(function, attribute, ())
+        setattr(function, attribute, (*existing, *names))
+        return function
+
+    return mark
 
 
 def register_event(cls: type[E]) -> type[E]:

@@ -30,7 +30,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
-from django_eventsource.events import DomainEvent
+from django_eventsource.events import DomainEvent, mark_event_types
 from django_eventsource.exceptions import ProjectionError
 from django_eventsource.store import StoredEvent
 
@@ -58,25 +58,7 @@ def handles(*event_types: type[DomainEvent] | str) -> Callable[[F], F]:
 
     The method receives the typed event; it may be ``async def``.
     """
-    if not event_types:
-        raise TypeError("@handles() needs at least one event type")
-    names = []
-    for event_type in event_types:
-        if isinstance(event_type, str):
-            names.append(event_type)
-        elif isinstance(event_type, type) and issubclass(event_type, DomainEvent):
-            names.append(event_type.default_event_type())
-        else:
-            raise TypeError(
-                f"@handles() takes DomainEvent classes or type names, not {event_type!r}"
-            )
-
-    def decorator(function: F) -> F:
-        existing = getattr(function, HANDLES_ATTR, ())
-        setattr(function, HANDLES_ATTR, (*existing, *names))
-        return function
-
-    return decorator
+    return mark_event_types("handles", HANDLES_ATTR, event_types)
 
 
 class Projection:
