@@ -6,7 +6,8 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,3 +63,36 @@ def start_worker(db_url: str, module: str, *args: Any, **extra: str) -> subproce
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def start_command(db_url: str, *args: str, **extra: str) -> subprocess.Popen[str]:
+    """Start ``python -m django <args>`` as a real process on the test database."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "django", *args],
+        env=child_env(db_url, **extra),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def start_follower(db_url: str, *, handler_sleep: str) -> subprocess.Popen[str]:
+    """A ``replay_projections task_board --follow`` worker with short heartbeat and poll."""
+    return start_command(
+        db_url,
+        *("replay_projections", "task_board", "--follow", "--batch-size", "5"),
+        TESTAPP_HANDLER_SLEEP=handler_sleep,
+        EVENTSOURCE_HEARTBEAT_INTERVAL="0.3",
+        EVENTSOURCE_POLL_INTERVAL="0.1",
+    )
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False

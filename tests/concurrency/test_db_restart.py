@@ -11,18 +11,17 @@ the events, and still stop gracefully (exit 0) on SIGTERM.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import time
+from collections.abc import Callable
 
 import pytest
 from django.db import connection
 
 from django_eventsource import EventStore, ProjectionState
 from django_eventsource.locks import lock_key
+from tests import helpers
 from tests.factories import task_history
 from tests.fold import fold_task_board, task_board_rows
-from tests.helpers import ROOT, child_env
+from tests.helpers import start_follower
 
 if connection.vendor != "postgresql":
     pytest.skip(
@@ -36,38 +35,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.django_db(tran
 KEY = lock_key("task_board", None)
 
 
-def follower(db_url: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "django",
-            "replay_projections",
-            "task_board",
-            "--follow",
-            "--batch-size",
-            "5",
-        ],
-        env=child_env(
-            db_url,
-            TESTAPP_HANDLER_SLEEP="0.02",
-            EVENTSOURCE_HEARTBEAT_INTERVAL="0.3",
-            EVENTSOURCE_POLL_INTERVAL="0.1",
-        ),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(predicate, timeout: float = 90.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+def wait_for(predicate: Callable[[], object], timeout: float = 90.0) -> bool:
+    """Reconnecting takes longer than a failover: a longer deadline than the default."""
+    return helpers.wait_for(predicate, timeout)
 
 
 def position() -> int:
@@ -117,7 +87,7 @@ def terminate(pid: int) -> bool:
 def test_follow_reconnects_after_its_backends_are_terminated(child_db_url: str) -> None:
     store = EventStore()
     task_history(store, tasks=10, renames=2, seed=61)
-    worker = follower(child_db_url)
+    worker = start_follower(child_db_url, handler_sleep="0.02")
     try:
         assert wait_for(lambda: position() == store.head_position()), "never caught up"
         assert wait_for(lambda: listener() is not None), "never listened"
@@ -174,7 +144,7 @@ def test_active_and_standby_both_survive(child_db_url: str) -> None:
     back to waiting as its standby; neither crashes, and the work gets done."""
     store = EventStore()
     task_history(store, tasks=10, renames=2, seed=71)
-    workers = [follower(child_db_url) for _ in range(2)]
+    workers = [start_follower(child_db_url, handler_sleep="0.02") for _ in range(2)]
     outputs: list[tuple[str, str]] = []
     try:
         assert wait_for(lambda: position() == store.head_position()), "never caught up"

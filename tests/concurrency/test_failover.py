@@ -4,52 +4,15 @@ the active one is SIGKILLed mid-batch and a standby takes over and finishes the 
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from django_eventsource import EventStore, ProjectionState
 from tests.factories import task_history
 from tests.fold import fold_task_board, task_board_rows
-from tests.helpers import ROOT, child_env
+from tests.helpers import start_follower, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def follower(db_url: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "django",
-            "replay_projections",
-            "task_board",
-            "--follow",
-            "--batch-size",
-            "5",
-        ],
-        env=child_env(
-            db_url,
-            TESTAPP_HANDLER_SLEEP="0.01",
-            EVENTSOURCE_HEARTBEAT_INTERVAL="0.3",
-            EVENTSOURCE_POLL_INTERVAL="0.1",
-        ),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def state() -> ProjectionState | None:
@@ -60,7 +23,7 @@ def test_standby_takes_over_after_the_active_runner_is_killed(child_db_url: str)
     store = EventStore()
     task_history(store, tasks=40, renames=4, seed=9)
     head = store.head_position()
-    workers = [follower(child_db_url) for _ in range(3)]
+    workers = [start_follower(child_db_url, handler_sleep="0.01") for _ in range(3)]
     try:
         assert wait_for(lambda: (s := state()) is not None and (s.position or 0) > 0 and s.owner)
         owner = state().owner  # host:pid#token of the active runner

@@ -3,8 +3,6 @@ projection, and a rebuild that cannot finish changes nothing."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 from uuid import uuid4
 
@@ -22,7 +20,7 @@ from django_eventsource import (
 from django_eventsource.rebuild import rebuild
 from tests.factories import task_history
 from tests.fold import fold_task_board, task_board_rows
-from tests.helpers import ROOT, child_env
+from tests.helpers import start_command
 from tests.testapp.events import TaskCreated, TaskRenamed
 from tests.testapp.models import TaskSummary
 from tests.testapp.projections import TaskBoard
@@ -79,13 +77,10 @@ def test_a_failing_event_rolls_the_whole_rebuild_back() -> None:
 def watch_rebuild(db_url: str, *flags: str) -> tuple[list[dict[Any, dict]], str]:
     """Run a slow rebuild in a real process and snapshot the rows until it exits."""
     flags = ("--batch-size", "5", *flags)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "django", "rebuild_projections", "task_board", "--noinput", *flags],
-        env=child_env(db_url, TESTAPP_HANDLER_SLEEP="0.004"),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = start_command(
+        db_url,
+        *("rebuild_projections", "task_board", "--noinput", *flags),
+        TESTAPP_HANDLER_SLEEP="0.004",
     )
     seen = []
     while process.poll() is None:
