@@ -43,7 +43,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from pydantic import BaseModel, ConfigDict, create_model
 
-from django_eventsource.events import DomainEvent, mark_event_types
+from django_eventsource.events import DomainEvent, mark_event_types, marked_methods
 from django_eventsource.exceptions import AggregateNotFound, ConcurrencyError
 from django_eventsource.store import NO_TENANT, BaseEventStore, EventStore, StoredEvent
 
@@ -147,20 +147,7 @@ class AggregateRoot:
         super().__init_subclass__(**kwargs)
         if not cls.aggregate_type:
             cls.aggregate_type = cls.__name__
-        appliers: dict[str, str] = {}
-        for base in reversed(cls.__mro__[1:]):
-            appliers.update(getattr(base, "_appliers", {}))
-        own: dict[str, str] = {}
-        for attribute, value in cls.__dict__.items():
-            for event_type in getattr(value, APPLIES_ATTR, ()):
-                if event_type in own:
-                    raise ImproperlyConfigured(
-                        f"{cls.__qualname__} has two appliers for {event_type!r}: "
-                        f"{own[event_type]}() and {attribute}()."
-                    )
-                own[event_type] = attribute
-        appliers.update(own)
-        cls._appliers = appliers
+        cls._appliers = marked_methods(cls, APPLIES_ATTR, "_appliers", "applier")
 
         fields = list(cls._state_fields)
         for name, annotation in inspect.get_annotations(cls).items():

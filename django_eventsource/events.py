@@ -286,6 +286,26 @@ def mark_event_types(
     return mark
 
 
+def marked_methods(cls: type, attribute: str, inherited: str, role: str) -> dict[str, str]:
+    """Event type name -> method name: the bases' table (``inherited``) plus the methods the
+    class itself marked (``attribute``, set by :func:`mark_event_types`). Two methods of one
+    class for the same type are a mistake, reported at import time."""
+    table: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        table.update(getattr(base, inherited, {}))
+    own: dict[str, str] = {}
+    for name, value in cls.__dict__.items():
+        for event_type in getattr(value, attribute, ()):
+            if event_type in own:
+                raise ImproperlyConfigured(
+                    f"{cls.__qualname__} has two {role}s for {event_type!r}: "
+                    f"{own[event_type]}() and {name}()."
+                )
+            own[event_type] = name
+    table.update(own)
+    return table
+
+
 def register_event(cls: type[E]) -> type[E]:
     """Class decorator: make an event class known to the store under its ``event_type``."""
     return event_registry.register(cls)

@@ -30,7 +30,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
-from django_eventsource.events import DomainEvent, mark_event_types
+from django_eventsource.events import DomainEvent, mark_event_types, marked_methods
 from django_eventsource.exceptions import ProjectionError
 from django_eventsource.store import StoredEvent
 
@@ -90,20 +90,7 @@ class Projection:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        handlers: dict[str, str] = {}
-        for base in reversed(cls.__mro__[1:]):
-            handlers.update(getattr(base, "_handlers", {}))
-        own: dict[str, str] = {}
-        for attribute, value in cls.__dict__.items():
-            for event_type in getattr(value, HANDLES_ATTR, ()):
-                if event_type in own:
-                    raise ImproperlyConfigured(
-                        f"{cls.__qualname__} has two handlers for {event_type!r}: "
-                        f"{own[event_type]}() and {attribute}()."
-                    )
-                own[event_type] = attribute
-        handlers.update(own)
-        cls._handlers = handlers
+        cls._handlers = marked_methods(cls, HANDLES_ATTR, "_handlers", "handler")
         if "name" in cls.__dict__ and cls.name:
             projection_registry.register(cls)
 

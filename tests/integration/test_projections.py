@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
 from django_eventsource import (
@@ -105,6 +106,32 @@ def test_handle_ignores_unhandled_types(store: EventStore) -> None:
     assert stats.handled_types() == {"TaskCreated", "TaskCompleted"}
     assert stats.handle(created) is True
     assert TenantStats.objects.get(tenant_id="").tasks == 1
+
+
+def test_two_handlers_for_one_type_fail_at_class_creation() -> None:
+    with pytest.raises(
+        ImproperlyConfigured, match=r"two handlers for 'TaskCreated': a\(\) and b\(\)"
+    ):
+
+        class Twice(DeclarativeProjection):  # no name: never registered
+            @handles(TaskCreated)
+            def a(self, event: TaskCreated) -> None: ...
+
+            @handles("TaskCreated")
+            def b(self, event: TaskCreated) -> None: ...
+
+
+def test_a_subclass_inherits_and_overrides_handlers() -> None:
+    class Base(DeclarativeProjection):
+        @handles(TaskCreated, TaskRenamed)
+        def first(self, event: TaskCreated) -> None: ...
+
+    class Child(Base):
+        @handles(TaskRenamed)
+        def second(self, event: TaskRenamed) -> None: ...
+
+    assert Child._handlers == {"TaskCreated": "first", "TaskRenamed": "second"}
+    assert Base._handlers == {"TaskCreated": "first", "TaskRenamed": "first"}
 
 
 def test_handle_accepts_the_typed_event(store: EventStore) -> None:
