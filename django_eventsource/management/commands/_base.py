@@ -27,8 +27,14 @@ class ProjectionCommand(BaseCommand):
             "names",
             nargs="*",
             metavar="NAME",
-            help="Projection names (see projection_status). "
-            + ("Default: all." if self.all_by_default else "Or use --all."),
+            help="Projection names (projection_status lists them). "
+            + (
+                "Default: every asynchronous projection (inline ones only by name or --all)."
+                if self.skip_inline_by_default
+                else "Default: all."
+                if self.all_by_default
+                else "Or use --all."
+            ),
         )
         parser.add_argument("--all", action="store_true", help="Every registered projection.")
         parser.add_argument("--tenant", default=None, help=self.tenant_help)

@@ -14,7 +14,8 @@ from django_eventsource.store import EventStore
 
 class Command(ProjectionCommand):
     help = (
-        "Delete the rows of the named projections (through _truncate_read_models), reset "
+        "Delete the rows of the named projections (their models' rows, or what their "
+        "_truncate_read_models() hook removes), reset "
         "their checkpoints and replay every event in batches. Resumes an interrupted "
         "rebuild. Refuses while a live runner holds a projection (or waits with --wait). "
         "Readers see the projection fill up as it rebuilds, unless --atomic."
@@ -34,7 +35,12 @@ class Command(ProjectionCommand):
         parser.add_argument(
             "--dry-run", action="store_true", help="Show what would be deleted and replayed."
         )
-        parser.add_argument("--batch-size", type=int, default=None, help="Events per transaction.")
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=None,
+            help="Events per transaction (default: EVENTSOURCE['BATCH_SIZE']).",
+        )
         parser.add_argument(
             "--wait", action="store_true", help="Wait for a live runner to release the projection."
         )
@@ -67,7 +73,7 @@ class Command(ProjectionCommand):
             rows = (
                 ""
                 if resuming
-                else f" {plan.rows} rows of {', '.join(plan.tables) or 'no tables'} and"
+                else f" {plan.rows} row{'' if plan.rows == 1 else 's'} of {', '.join(plan.tables) or 'no tables'} and"
             )
             self.stdout.write(
                 f"{plan.projection}: will {action}{rows} replay up to {plan.events} events"
