@@ -870,8 +870,9 @@ class EventStore(BaseEventStore):
             params += [start, start]
         elif start:
             # A row comparison on a constant stamp would scan from the start on every page.
-            where.append("position > %s")
-            params.append(start)
+            # The EXISTS keeps the contract: a position the store never returned is an error.
+            where.append(f"position > %s AND EXISTS (SELECT 1 FROM {TABLE} WHERE position = %s)")
+            params += [start, start]
         horizon = backend.horizon_sql()
         if horizon:
             where.append(f"stamp < {horizon}")
