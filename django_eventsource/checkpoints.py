@@ -101,10 +101,17 @@ class DatabaseCheckpointStore(_AsyncTwins):
 
     ``save()`` joins the caller's transaction: call it inside the ``transaction.atomic``
     block that writes the rows it covers, and both commit or neither does.
+
+    ``owner`` fences the runner that holds the projection's lock: ``save()`` then only
+    succeeds while the state row still names that owner, and raises
+    :class:`~django_eventsource.ProjectionLocked` (rolling the batch back) once another
+    runner has taken over. A lock held on another connection can be lost between two
+    checks; this makes a runner that lost it unable to commit a single batch.
     """
 
-    def __init__(self, using: str | None = None) -> None:
+    def __init__(self, using: str | None = None, *, owner: str | None = None) -> None:
         self._using = using
+        self._owner = owner
 
     @property
     def using(self) -> str:
@@ -131,14 +138,22 @@ class DatabaseCheckpointStore(_AsyncTwins):
         stamp = connection.ops.adapt_datetimefield_value(now)
         # The runner saves once per batch: one plain UPDATE, without the ORM's query
         # building (which cost as much as the statement itself).
+        sql = (
+            f"UPDATE {connection.ops.quote_name(meta.db_table)} SET {column('position')} = "
+            f"%s, {column('last_progress_at')} = %s, {column('updated_at')} = %s "
+            f"WHERE {column('name')} = %s AND {column('tenant_id')} = %s"
+        )
+        params = [position, stamp, stamp, projection_id, tenant_id or NO_TENANT]
+        if self._owner is not None:
+            sql += f" AND {column('owner')} = %s"
+            params.append(self._owner)
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {connection.ops.quote_name(meta.db_table)} SET {column('position')} = "
-                f"%s, {column('last_progress_at')} = %s, {column('updated_at')} = %s "
-                f"WHERE {column('name')} = %s AND {column('tenant_id')} = %s",
-                [position, stamp, stamp, projection_id, tenant_id or NO_TENANT],
-            )
+            cursor.execute(sql, params)
             updated = cursor.rowcount
+        if not updated and self._owner is not None:
+            from django_eventsource.exceptions import ProjectionLocked
+
+            raise ProjectionLocked(projection_id, "another runner that took it over")
         if not updated:
             states = ProjectionState.objects.using(using)
             states.create(

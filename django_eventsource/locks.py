@@ -50,6 +50,10 @@ class ProjectionLock:
         self.owner = f"{runner_identity()}#{uuid4().hex[:6]}"
         self.held = False
 
+    #: Whether holding the lock already means the state row names :attr:`owner` (a lease is
+    #: that row); otherwise the runner claims the row after acquiring the lock.
+    owns_state_row = False
+
     def acquire(self) -> bool:
         raise NotImplementedError
 
@@ -183,6 +187,8 @@ class PostgresAdvisoryLock(ProjectionLock):
 
 class LeaseLock(ProjectionLock):
     """A lease on the ``ProjectionState`` row, for backends without advisory locks."""
+
+    owns_state_row = True
 
     def _states(self) -> Any:
         from django_eventsource.models import ProjectionState

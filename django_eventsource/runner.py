@@ -30,8 +30,8 @@ from django.db import (
 from django.utils import timezone
 
 from django_eventsource.checkpoints import CheckpointStore, DatabaseCheckpointStore
-from django_eventsource.exceptions import ProjectionError
-from django_eventsource.locks import ProjectionLock, lock_for, runner_identity
+from django_eventsource.exceptions import ProjectionError, ProjectionLocked
+from django_eventsource.locks import ProjectionLock, lock_for
 from django_eventsource.rows import RowSet
 from django_eventsource.store import BaseEventStore, EventStore, StoredEvent
 
@@ -289,7 +289,11 @@ class ProjectionRunner:
                     result.locked.append(projection.label)
                     self.report("locked", projection=projection.label, holder=lock.holder())
                     continue
-                self._run_projection(projection, result, until_caught_up=True)
+                try:
+                    self._run_projection(projection, result, until_caught_up=True)
+                except ProjectionLocked:  # taken over mid-run; its last batch rolled back
+                    result.locked.append(projection.label)
+                    self.report("locked", projection=projection.label, holder=lock.holder())
         finally:
             self._release_all()
         result.stopped = result.stopped or self._stop.is_set()
@@ -324,12 +328,15 @@ class ProjectionRunner:
                         )
                     if not progressed and not self._stop.is_set():
                         waker.wait(self._stop)
-                except _LockLost as lost:
+                except (_LockLost, ProjectionLocked) as lost:
                     # Another runner holds it now (our session died, it took over): stop
-                    # working on it after the committed batch and wait as its standby.
-                    if lost.label in self._locks:
+                    # working on it (an uncommitted batch was rolled back by the fence) and
+                    # wait as its standby.
+                    label = lost.label if isinstance(lost, _LockLost) else lost.projection
+                    self.report("lock_lost", projection=label)
+                    if label in self._locks:
                         with contextlib.suppress(DatabaseError):
-                            self._locks.pop(lost.label).release()
+                            self._locks.pop(label).release()
                 except (OperationalError, InterfaceError) as exc:
                     self.report("disconnected", error=str(exc))
                     self._release_all()
@@ -384,7 +391,7 @@ class ProjectionRunner:
         if label in result.locked:
             result.locked.remove(label)
             self.report("took_over", projection=label, tenant_id=tenant)
-        checkpoints = DatabaseCheckpointStore(projection.database)
+        checkpoints = self._fenced_checkpoints(projection)
         start = state.position or 0
         run = next((r for r in result.results if r.projection == label), None)
         if run is None:
@@ -535,18 +542,32 @@ class ProjectionRunner:
             )
             checkpoints.save(projection.label, event.position, tenant_id=self.tenant_id)
 
+    def _fenced_checkpoints(self, projection: Projection) -> DatabaseCheckpointStore:
+        """Claim the state row for the lock's owner; every batch's checkpoint then checks it.
+
+        The lock lives on another connection (or is a lease that can expire), so it can be
+        lost while a batch runs; the claim makes a runner that lost it fail to commit
+        (:class:`~django_eventsource.ProjectionLocked`) instead of racing its successor.
+        """
+        from django_eventsource.models import ProjectionState
+
+        lock = self._locks.get(projection.label)
+        if lock is None:
+            return DatabaseCheckpointStore(projection.database)
+        if not lock.owns_state_row:
+            ProjectionState.objects.using(projection.database).filter(
+                name=projection.label, tenant_id=self.tenant_id or ""
+            ).update(owner=lock.owner)
+        return DatabaseCheckpointStore(projection.database, owner=lock.owner)
+
     def _set_status(self, projection: Projection, status: str) -> None:
         from django_eventsource.models import ProjectionState
 
         ProjectionState.objects.using(projection.database).filter(
             name=projection.label, tenant_id=self.tenant_id or ""
         ).exclude(status__in=("paused", "failed")).update(
-            status=status, heartbeat_at=timezone.now(), owner=self._owner(projection)
+            status=status, heartbeat_at=timezone.now()
         )
-
-    def _owner(self, projection: Projection) -> str:
-        lock = self._locks.get(projection.label)
-        return lock.owner if lock is not None else runner_identity()
 
     def _heartbeat(self, projection: Projection, *, force: bool = False) -> None:
         now = time.monotonic()

@@ -9,7 +9,7 @@ from uuid import uuid4
 import pytest
 from django.db import connections
 
-from django_eventsource import DeadLetter, EventStore, ProjectionState, control
+from django_eventsource import DeadLetter, EventStore, ProjectionState, control, handles
 from django_eventsource.locks import lock_for
 from django_eventsource.runner import ProjectionRunner
 from tests.factories import task_history
@@ -156,4 +156,31 @@ def test_follow_applies_new_events_until_stopped() -> None:
         runner.stop()
         thread.join(timeout=30)
     assert not thread.is_alive()
+    assert task_board_rows() == fold_task_board(store)
+
+
+class TakenOver(TaskBoard):
+    """While it applies a rename, another runner takes the projection over (the state row
+    names a new owner), as happens when this runner's lock session dies mid-batch."""
+
+    @handles(TaskRenamed)
+    def renamed(self, event: TaskRenamed) -> None:
+        ProjectionState.objects.filter(name="task_board").update(owner="another runner")
+        super().renamed(event)
+
+
+def test_a_runner_that_lost_its_projection_cannot_commit_a_batch() -> None:
+    store = EventStore()
+    task_history(store, tasks=3, renames=1, seed=9)
+    events = store.read_all().events
+    before = next(i for i, e in enumerate(events) if e.event_type == "TaskRenamed")
+
+    result = ProjectionRunner([TakenOver()], batch_size=1).run_until_caught_up()
+
+    assert result.locked == ["task_board"]
+    state = ProjectionState.objects.get(name="task_board")
+    assert state.position == events[before - 1].position  # the rename's batch rolled back
+    assert sum(row["events_applied"] for row in task_board_rows().values()) == before
+    # The runner that really holds it carries on from there.
+    assert ProjectionRunner([TaskBoard()]).run_until_caught_up().locked == []
     assert task_board_rows() == fold_task_board(store)
