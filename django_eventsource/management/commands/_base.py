@@ -44,6 +44,23 @@ class ProjectionCommand(BaseCommand):
             help="Database alias of the event store (default: EVENTSOURCE['DATABASE_ALIAS']).",
         )
 
+    @staticmethod
+    def add_batch_size_argument(parser: CommandParser) -> None:
+        """``--batch-size``, for the commands that apply events (checked by
+        :meth:`check_batch_size`)."""
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=None,
+            help="Events per transaction (default: EVENTSOURCE['BATCH_SIZE']).",
+        )
+
+    @staticmethod
+    def check_batch_size(options: dict[str, Any]) -> None:
+        """CommandError (exit 1, nothing changed) for a batch size below 1."""
+        if options["batch_size"] is not None and options["batch_size"] <= 0:
+            raise CommandError("--batch-size must be a positive integer.")
+
     def resolve(self, names: list[str], options: dict[str, Any]) -> list[Projection]:
         """Projection instances for the names given; CommandError naming the known ones."""
         known = projection_registry.names()

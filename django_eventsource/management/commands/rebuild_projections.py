@@ -35,12 +35,7 @@ class Command(ProjectionCommand):
         parser.add_argument(
             "--dry-run", action="store_true", help="Show what would be deleted and replayed."
         )
-        parser.add_argument(
-            "--batch-size",
-            type=int,
-            default=None,
-            help="Events per transaction (default: EVENTSOURCE['BATCH_SIZE']).",
-        )
+        self.add_batch_size_argument(parser)
         parser.add_argument(
             "--wait", action="store_true", help="Wait for a live runner to release the projection."
         )
@@ -61,8 +56,7 @@ class Command(ProjectionCommand):
         )
 
     def handle(self, *names: str, **options: Any) -> None:
-        if options["batch_size"] is not None and options["batch_size"] <= 0:
-            raise CommandError("--batch-size must be a positive integer.")
+        self.check_batch_size(options)
         projections = self.resolve(list(options["names"]) + list(names), options)
         store = EventStore(self.check_database(options))
         tenant = options["tenant"]

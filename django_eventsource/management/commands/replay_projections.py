@@ -28,12 +28,7 @@ class Command(ProjectionCommand):
         parser.add_argument(
             "--follow", action="store_true", help="Keep running and apply events as they arrive."
         )
-        parser.add_argument(
-            "--batch-size",
-            type=int,
-            default=None,
-            help="Events per transaction (default: EVENTSOURCE['BATCH_SIZE']).",
-        )
+        self.add_batch_size_argument(parser)
         parser.add_argument(
             "--max-events", type=int, default=None, help="Stop after this many events."
         )
@@ -55,8 +50,7 @@ class Command(ProjectionCommand):
         )
 
     def handle(self, *names: str, **options: Any) -> None:
-        if options["batch_size"] is not None and options["batch_size"] <= 0:
-            raise CommandError("--batch-size must be a positive integer.")
+        self.check_batch_size(options)
         if options["max_events"] is not None and options["max_events"] <= 0:
             raise CommandError("--max-events must be a positive integer.")
         if options["poll_interval"] is not None and options["poll_interval"] <= 0:
