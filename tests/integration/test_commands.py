@@ -168,6 +168,8 @@ def test_rebuild_needs_names_and_confirmation(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr("builtins.input", lambda prompt: "no")
     with pytest.raises(CommandError, match="Rebuild cancelled"):
         run("rebuild_projections", "task_board")
+    with pytest.raises(CommandError, match="--batch-size must be a positive integer"):
+        run("rebuild_projections", "task_board", "--noinput", "--batch-size", "-1")
     out, _ = run("rebuild_projections", "task_board", "--dry-run")
     assert "Dry run" in out
     assert task_board_rows() == before
