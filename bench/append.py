@@ -42,11 +42,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import multiprocessing
 import os
 import platform
-import pstats
 import statistics
 import sys
 import tempfile
@@ -58,10 +56,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):
+    # ``python bench/append.py``: make ``bench.report`` importable (also in children).
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from bench.report import print_rows, profile_text
 from django_eventsource import DomainEvent, EventStore, register_event
 
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/eventsource_bench"
@@ -559,33 +562,6 @@ def print_table(phases: list[Phase], with_sqlite: bool) -> None:
                 print(f"  {phase.name} / {side}: {formatted} (median {median:,.0f})")
 
 
-def print_rows(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    print(line(headers))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print(line(row))
-
-
-def print_profile(profile: cProfile.Profile, title: str, limit: int) -> None:
-    for order in ("tottime", "cumulative"):
-        out = io.StringIO()
-        stats = pstats.Stats(profile, stream=out)
-        stats.strip_dirs().sort_stats(order).print_stats(limit)
-        text = out.getvalue()
-        # Keep pstats' total line and the table; drop its preamble.
-        body = text[text.find("   ncalls") :] if "   ncalls" in text else text
-        total = next((ln for ln in text.splitlines() if "function calls" in ln), "")
-        print(f"\n--- cProfile: {title}, by {order} ---\n{total.strip()}\n{body.rstrip()}")
-
-
 # Main -------------------------------------------------------------------------------------
 
 
@@ -727,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
         admin.reset(LIB_TABLE)
         profile = cProfile.Profile()
         profile.runcall(library_append, "default", args.aggregates, args.events)
-        print_profile(profile, "library append, 1 writer (PostgreSQL)", args.profile_limit)
+        print(profile_text(profile, "library append, 1 writer (PostgreSQL)", args.profile_limit))
         admin.wait_visible()
         if not args.no_analyze:
             admin.analyze(LIB_TABLE)
@@ -735,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
             profile = cProfile.Profile()
             profile.runcall(library_read, "default", flag)
             title = "library read_all" + (" + .event decode" if flag else "")
-            print_profile(profile, title, args.profile_limit)
+            print(profile_text(profile, title, args.profile_limit))
 
     raw_conn.close()
     admin.pg.close()

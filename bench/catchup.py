@@ -53,12 +53,10 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import json
 import multiprocessing
 import os
 import platform
-import pstats
 import resource
 import sqlite3
 import sys
@@ -77,6 +75,8 @@ if __package__ in (None, ""):
 
 import psycopg
 from psycopg import sql
+
+from bench.report import print_rows, profile_text
 
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/eventsource_bench_catchup"
 LIB_TABLE = "django_eventsource_event"
@@ -665,34 +665,6 @@ def print_tables(sizes: list[SizeResults], with_sqlite: bool) -> None:
                 rates = ", ".join(f"{r.rate:,.0f}" for r in runs)
                 print(f"  {size.events:,} / {name.replace('_', '-')}: {rates}")
         print(f"  {size.events:,} / load (untimed phases' setup): {size.load_seconds:.1f} s")
-
-
-def print_rows(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    print(line(headers))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print(line(row))
-
-
-def profile_text(profile: cProfile.Profile, title: str, limit: int) -> str:
-    parts = []
-    for order in ("tottime", "cumulative"):
-        out = io.StringIO()
-        stats = pstats.Stats(profile, stream=out)
-        stats.strip_dirs().sort_stats(order).print_stats(limit)
-        text = out.getvalue()
-        body = text[text.find("   ncalls") :] if "   ncalls" in text else text
-        total = next((ln for ln in text.splitlines() if "function calls" in ln), "")
-        parts.append(f"\n--- cProfile: {title}, by {order} ---\n{total.strip()}\n{body.rstrip()}")
-    return "\n".join(parts)
 
 
 # Main -------------------------------------------------------------------------------------
