@@ -5,10 +5,18 @@ from __future__ import annotations
 from importlib import import_module
 
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+from django.utils.module_loading import autodiscover_modules
+
+from django_eventsource.backends.postgresql import ensure_append_function
+from django_eventsource.conf import get_settings
+from django_eventsource.projections import InlineProjections
+from django_eventsource.store import set_inline_projections
 
 
 class EventSourceConfig(AppConfig):
-    """Wires the app up in :meth:`ready`: system checks and projection autodiscovery."""
+    """Wires the app up in `ready`: system checks, the inline projections' append hook,
+    the append function's ``post_migrate`` guard, and projection autodiscovery."""
 
     name = "django_eventsource"
     label = "django_eventsource"
@@ -16,13 +24,11 @@ class EventSourceConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_migrate
-        from django.utils.module_loading import autodiscover_modules
+        # Registers the system checks (Django's convention: in ready(), as an import).
+        from django_eventsource import checks  # noqa: F401
 
-        from django_eventsource import checks  # noqa: F401  (registers the system checks)
-        from django_eventsource.backends.postgresql import ensure_append_function
-        from django_eventsource.conf import get_settings
-
+        # The store never imports projections: it applies inline ones through this hook.
+        set_inline_projections(InlineProjections())
         # Tables made without the migrations (--run-syncdb) still get the append function.
         post_migrate.connect(ensure_append_function, sender=self)
 

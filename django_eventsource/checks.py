@@ -1,4 +1,7 @@
-"""System checks. Every id is stable and documented in ``docs/checks.md``."""
+"""System checks. Every id is stable and documented in ``docs/checks.md``.
+
+Imported by ``AppConfig.ready()`` (models are loaded by then).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,12 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import DatabaseError, connections
 
 from django_eventsource.backends import SUPPORTED_VENDORS
+from django_eventsource.backends.postgresql.stamps import diagnose_stamps
 from django_eventsource.conf import DEFAULTS, SETTING_NAME, get_settings, validate
+from django_eventsource.constants import EVENT_TABLE
+from django_eventsource.events import event_registry
+from django_eventsource.models import CHECKPOINT_FIELDS
+from django_eventsource.projections import projection_registry
 
 ID = "django_eventsource"
 
@@ -82,12 +90,10 @@ def check_projections(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
     """E004: duplicate names; E005: unknown event types; E006: read models without
-    checkpoint fields; E007: an inline projection in another database than the events."""
-    from django_eventsource.events import event_registry
-    from django_eventsource.models import CHECKPOINT_FIELDS
-    from django_eventsource.projections import projection_registry
-
+    checkpoint fields; E007: an inline projection in another database than the events;
+    E009: two projections writing one read model."""
     messages: list[CheckMessage] = []
+    writers: dict[Any, type[Any]] = {}
     for name, first, second in projection_registry.duplicates:
         messages.append(
             Error(
@@ -110,6 +116,21 @@ def check_projections(
                     )
                 )
         for model in dict.fromkeys((*cls.models, *cls.row_keys)):  # each model once
+            other = writers.setdefault(model, cls)
+            if other is not cls:
+                # Rows embed ONE checkpoint: the second projection would find every row
+                # already past its events and silently apply nothing.
+                messages.append(
+                    Error(
+                        f"Projections {other.name!r} and {cls.name!r} both write "
+                        f"{model._meta.label}.",
+                        hint="A row embeds one checkpoint, so the second projection would "
+                        "skip every event the first already passed. Give each projection "
+                        "its own read model (or merge them into one projection).",
+                        obj=model,
+                        id=f"{ID}.E009",
+                    )
+                )
             names = {f.name for f in model._meta.get_fields()}
             missing = [f for f in CHECKPOINT_FIELDS if f not in names]
             if missing:
@@ -153,12 +174,9 @@ def check_event_stamps(
     connection = connections[alias]
     if connection.vendor != "postgresql":
         return []
-    from django_eventsource.maintenance import diagnose_stamps
-    from django_eventsource.store import TABLE
-
     try:
         with connection.cursor() as cursor:
-            if TABLE not in connection.introspection.table_names(cursor):
+            if EVENT_TABLE not in connection.introspection.table_names(cursor):
                 return []  # not migrated yet
         diagnosis = diagnose_stamps(alias)
     except DatabaseError:

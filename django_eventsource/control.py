@@ -6,46 +6,171 @@ takes a projection name (and tenant) and changes its ``ProjectionState`` in one 
 
 from __future__ import annotations
 
-import traceback as tb
 from typing import TYPE_CHECKING
 
 from django.db import transaction
-from django.utils import timezone
 
-from django_eventsource.exceptions import EventSourceError, ProjectionError
+from django_eventsource.conf import database_alias
+from django_eventsource.constants import NO_TENANT
+from django_eventsource.exceptions import EventSourceError, ProjectionError, UnknownTenant
+from django_eventsource.projections import projection_registry
+from django_eventsource.store import EventStore
+from django_eventsource.validation import (
+    check_projection_name,
+    check_read_tenant,
+    check_run_tenant,
+)
 
 if TYPE_CHECKING:
+    from django_eventsource.deadletters import RetryOutcome
     from django_eventsource.models import DeadLetter, ProjectionState
     from django_eventsource.store import BaseEventStore
 
+# Models are imported inside the functions that use them, so that importing this module (the
+# runner does) never needs the app registry.
 __all__ = [
+    "check_tenant",
     "dead_letter_failed",
+    "find_state",
     "get_state",
+    "known_tenants",
     "pause",
+    "projection_database",
+    "projection_known",
     "record_failure",
     "resume",
     "retry",
     "retry_dead_letter",
 ]
 
-NO_TENANT = ""
 
-
-def _database(name: str) -> str:
-    from django_eventsource.projections import projection_registry
-
+def projection_database(name: str) -> str:
+    """The database alias of a projection's state and read models (registered or not)."""
     if name in projection_registry:
         return projection_registry.get(name)().database
-    from django_eventsource.conf import get_settings
+    return database_alias()
 
-    return get_settings().database_alias
+
+def find_state(name: str, tenant_id: str | None = None) -> ProjectionState | None:
+    """The projection's state row, or None when it has none: reading creates nothing."""
+    from django_eventsource.models import ProjectionState
+
+    return (
+        ProjectionState.objects.using(projection_database(name))
+        .filter(name=name, tenant_id=tenant_id or NO_TENANT)
+        .first()
+    )
+
+
+def projection_known(
+    name: str, tenant_id: str | None = None, *, event_store: BaseEventStore | None = None
+) -> bool:
+    """Whether projection ``name`` and tenant are known: it has a state row for the tenant,
+    or it is registered and the tenant is none (None or ``""``) or carried by a committed
+    event.
+
+    The admin's pages and actions and the commands' ``--tenant`` decide with this one
+    function, so that a typo never creates a state row (which would then show in
+    ``projection_status`` and the admin forever). An event counts as soon as it is
+    committed, also while PostgreSQL's ordering horizon still holds it back from readers:
+    a new tenant's first append makes it known. A value no row can hold (too long, a NUL)
+    is known nowhere.
+    """
+    from django_eventsource.models import Event, ProjectionState
+
+    try:
+        check_read_tenant(name, "name")
+        check_read_tenant(tenant_id)
+    except (TypeError, ValueError):
+        return False
+    tenant = tenant_id or NO_TENANT
+    states = ProjectionState.objects.using(projection_database(name))
+    if states.filter(name=name, tenant_id=tenant).exists():
+        return True
+    if name not in projection_registry:
+        return False
+    if not tenant:
+        return True
+    store = event_store or EventStore()
+    if isinstance(store, EventStore):
+        # The table, not read_all(): committed events count even while held back.
+        return Event.objects.using(store.using).filter(tenant_id=tenant).exists()
+    return bool(store.read_all(limit=1, tenant_id=tenant).events)
+
+
+def known_tenants(
+    name: str,
+    near: str | None = None,
+    *,
+    event_store: BaseEventStore | None = None,
+    limit: int = 6,
+) -> list[str]:
+    """A few tenants projection ``name`` knows (see `projection_known`), sorted: those of its
+    state rows and those of the events nearest to ``near`` in sort order (the first ones
+    without ``near``). One index probe per tenant read from the event table, so it stays
+    cheap with millions of events and thousands of tenants."""
+    from django_eventsource.models import Event, ProjectionState
+
+    store = event_store or EventStore()
+    try:
+        check_read_tenant(near)
+    except (TypeError, ValueError):
+        near = None  # a value no query may carry (a NUL): list from the start
+    found = set(
+        ProjectionState.objects.using(projection_database(name))
+        .filter(name=name)
+        .exclude(tenant_id=NO_TENANT)
+        .values_list("tenant_id", flat=True)
+    )
+    if isinstance(store, EventStore):
+        events = Event.objects.using(store.using).exclude(tenant_id=NO_TENANT)
+        walks = [("tenant_id__gt", "tenant_id"), ("tenant_id__lt", "-tenant_id")]
+        if near is None:
+            walks = walks[:1]
+        for lookup, order in walks:
+            current = near or NO_TENANT
+            for _ in range(limit):
+                following = (
+                    events.filter(**{lookup: current})
+                    .order_by(order)
+                    .values_list("tenant_id", flat=True)
+                    .first()
+                )
+                if following is None:
+                    break
+                found.add(following)
+                current = following
+    else:
+        found.update(e.tenant_id for e in store.read_all() if e.tenant_id)
+    if near is None:
+        return sorted(found)[:limit]
+    ranked = sorted(found)
+    below = [t for t in ranked if t < near][-(limit // 2) :]
+    above = [t for t in ranked if t > near][: limit - len(below)]
+    return below + above
+
+
+def check_tenant(
+    name: str, tenant_id: str | None, *, event_store: BaseEventStore | None = None
+) -> None:
+    """Refuse a run or rebuild of projection ``name`` limited to a tenant it does not know
+    (`projection_known`): [`UnknownTenant`][django_eventsource.UnknownTenant], naming a few
+    known tenants, before anything is written. ``None`` (every tenant) always passes;
+    ``""`` is refused (``ValueError``, see
+    [`check_run_tenant`][django_eventsource.validation.check_run_tenant])."""
+    check_run_tenant(tenant_id)
+    if tenant_id is None or projection_known(name, tenant_id, event_store=event_store):
+        return
+    raise UnknownTenant(name, tenant_id, known_tenants(name, tenant_id, event_store=event_store))
 
 
 def get_state(name: str, tenant_id: str | None = None, *, lock: bool = False) -> ProjectionState:
-    """The projection's state row (created on first use)."""
+    """The projection's state row (created on first use; ``ValueError`` for a name no
+    projection can have, such as one with a ``/``)."""
     from django_eventsource.models import ProjectionState
 
-    states = ProjectionState.objects.using(_database(name))
+    check_projection_name(name)
+    states = ProjectionState.objects.using(projection_database(name))
     if lock:
         states = states.select_for_update()
     state, _ = states.get_or_create(name=name, tenant_id=tenant_id or NO_TENANT)
@@ -53,22 +178,27 @@ def get_state(name: str, tenant_id: str | None = None, *, lock: bool = False) ->
 
 
 def pause(name: str, tenant_id: str | None = None) -> ProjectionState:
-    """Stop runners from applying events to this projection until :func:`resume`."""
-    with transaction.atomic(using=_database(name)):
-        state = get_state(name, tenant_id, lock=True)
-        state.status = state.Status.PAUSED
-        state.save(update_fields=["status", "updated_at"])
-    return state
+    """Stop runners from applying events to this projection until
+    [`resume`][django_eventsource.control.resume]; see `django_eventsource.state`.
+
+    Raises [`IllegalTransition`][django_eventsource.IllegalTransition] when it is already
+    paused."""
+    from django_eventsource import state  # it imports models
+
+    state.pause(name, tenant_id, projection_database(name))
+    return get_state(name, tenant_id)
 
 
 def resume(name: str, tenant_id: str | None = None) -> ProjectionState:
-    """Let runners continue. A failed projection retries its failed event first."""
-    with transaction.atomic(using=_database(name)):
-        state = get_state(name, tenant_id, lock=True)
-        state.status = state.Status.IDLE
-        state.attempts = 0
-        state.save(update_fields=["status", "attempts", "updated_at"])
-    return state
+    """Let runners continue a paused projection. A failed projection retries its failed
+    event first (its checkpoint is still just before it).
+
+    Raises [`IllegalTransition`][django_eventsource.IllegalTransition] when it is neither
+    paused nor failed."""
+    from django_eventsource import state  # it imports models
+
+    state.resume(name, tenant_id, projection_database(name))
+    return get_state(name, tenant_id)
 
 
 #: Retrying a failed projection is resuming it: its checkpoint is still before the event.
@@ -78,33 +208,26 @@ retry = resume
 def record_failure(
     name: str, tenant_id: str | None, error: ProjectionError, *, attempts: int
 ) -> ProjectionState:
-    """Mark the projection failed on ``error``'s event (checkpoint stays before it)."""
-    with transaction.atomic(using=_database(name)):
-        state = get_state(name, tenant_id, lock=True)
-        state.status = state.Status.FAILED
-        state.last_error = _describe(error)
-        state.failed_event_position = error.position
-        state.failed_event_id = error.event_id
-        state.failed_event_type = error.event_type
-        state.attempts = attempts
-        state.save()
-    return state
+    """Mark a running (or rebuilding) projection failed on ``error``'s event (checkpoint
+    stays before it). Raises [`IllegalTransition`][django_eventsource.IllegalTransition]
+    from any other status."""
+    from django_eventsource import state  # it imports models
 
-
-def _describe(error: ProjectionError) -> str:
-    cause = error.cause
-    trace = "".join(tb.format_exception(type(cause), cause, cause.__traceback__))
-    return f"{error}\n\n{trace}"
+    state.fail(name, tenant_id, projection_database(name), error, attempts=attempts, strict=True)
+    return get_state(name, tenant_id)
 
 
 def dead_letter_failed(name: str, tenant_id: str | None = None) -> DeadLetter:
     """Set the failed event aside as a dead letter and move the checkpoint past it.
 
-    Use this when the event can never be applied (the projection resumes with the next one).
+    Use this when the event cannot be applied now: the projection resumes with the next
+    event, and the failed event's stream waits behind its dead letter (see
+    `django_eventsource.deadletters`) until the letter is retried or the projection rebuilt.
     """
+    from django_eventsource import state as transitions  # it imports models
     from django_eventsource.models import DeadLetter
 
-    using = _database(name)
+    using = projection_database(name)
     with transaction.atomic(using=using):
         state = get_state(name, tenant_id, lock=True)
         if (
@@ -113,6 +236,14 @@ def dead_letter_failed(name: str, tenant_id: str | None = None) -> DeadLetter:
             or state.failed_event_id is None
         ):
             raise EventSourceError(f"Projection {name!r} has no failed event to dead-letter.")
+        event = EventStore().event_at(state.failed_event_position)
+        stream = {}
+        if event is not None:
+            stream = {
+                "stream_tenant_id": event.tenant_id or NO_TENANT,
+                "aggregate_id": event.aggregate_id,
+                "aggregate_version": event.aggregate_version,
+            }
         letter, _ = DeadLetter.objects.using(using).update_or_create(
             projection=name,
             tenant_id=tenant_id or NO_TENANT,
@@ -123,41 +254,25 @@ def dead_letter_failed(name: str, tenant_id: str | None = None) -> DeadLetter:
                 "error": state.last_error.split("\n\n", 1)[0],
                 "traceback": state.last_error,
                 "attempts": state.attempts,
+                "parked_behind": None,
+                **stream,
             },
         )
-        state.position = max(state.position or 0, state.failed_event_position)
-        state.status = state.Status.IDLE
-        state.attempts = 0
-        state.last_error = ""
-        state.failed_event_position = None
-        state.failed_event_id = None
-        state.failed_event_type = ""
-        state.save()
+        # The failed event is the next one in the feed after the checkpoint, so it becomes
+        # the checkpoint (positions are not feed order: never max() them).
+        transitions.set_aside(name, tenant_id, using, position=state.failed_event_position)
     return letter
 
 
-def retry_dead_letter(letter: DeadLetter, event_store: BaseEventStore | None = None) -> bool:
-    """Apply a dead-lettered event again; on success it is marked resolved.
+def retry_dead_letter(
+    letter: DeadLetter, event_store: BaseEventStore | None = None
+) -> RetryOutcome:
+    """Retry a dead letter's stream in order; see
+    [`deadletters.retry`][django_eventsource.deadletters.retry].
 
-    The rows' embedded checkpoints decide: a row that already moved past the event skips it.
-    Returns whether it was applied without error.
+    The outcome is true when ``letter`` was applied (and resolved); its `message` says what
+    was applied, and what was not and why.
     """
-    from django_eventsource.projections import projection_registry
-    from django_eventsource.store import EventStore
+    from django_eventsource import deadletters  # it imports models
 
-    store = event_store or EventStore()
-    projection = projection_registry.get(letter.projection)()
-    projection.event_store = store
-    stored = store.event_at(letter.event_position)
-    if stored is None:
-        raise EventSourceError(f"Event #{letter.event_position} is not in the store.")
-    try:
-        projection.handle(stored)
-    except ProjectionError as exc:
-        letter.error = str(exc)
-        letter.attempts += 1
-        letter.save(update_fields=["error", "attempts"])
-        return False
-    letter.resolved_at = timezone.now()
-    letter.save(update_fields=["resolved_at"])
-    return True
+    return deadletters.retry(letter, event_store)

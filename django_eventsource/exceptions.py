@@ -1,14 +1,18 @@
 """The exceptions django-eventsource raises.
 
-Every error the library raises on purpose derives from :class:`EventSourceError`, so that
+Every error the library raises on purpose derives from
+[`EventSourceError`][django_eventsource.EventSourceError], so that
 callers can catch the whole family at once, and each carries the facts needed to act on it
 as attributes (not only in its message).
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
+
+from django_eventsource.constants import ExpectedVersion
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -16,16 +20,25 @@ if TYPE_CHECKING:
 __all__ = [
     "AggregateNotFound",
     "AppendOnlyError",
+    "AppendTimeout",
     "ConcurrencyError",
+    "DuplicateEventId",
+    "EventAlreadyPassed",
     "EventGapError",
     "EventSourceError",
+    "HorizonNotSettled",
+    "IllegalTransition",
+    "InvalidAppend",
     "InvalidEventPayload",
     "NotSupportedOnBackend",
     "PositionNotFound",
     "ProjectionError",
     "ProjectionLocked",
+    "ProjectionSkipped",
     "RebuildAborted",
+    "RebuildRefused",
     "UnknownEventType",
+    "UnknownTenant",
     "WrongExpectedVersion",
 ]
 
@@ -63,9 +76,89 @@ class ConcurrencyError(EventSourceError):
 WrongExpectedVersion = ConcurrencyError
 
 
-def _describe_expected(expected: int) -> str:
-    from django_eventsource.store import ExpectedVersion
+class AppendTimeout(ConcurrencyError):
+    """An ``ExpectedVersion.ANY`` append kept losing the race for the stream's next version.
 
+    Such an append retries (with backoff) whenever another writer takes the version it was
+    about to use; this is raised only when that went on for ``timeout`` seconds, or when the
+    append can never see the other writers' versions (inside a ``REPEATABLE READ`` or
+    ``SERIALIZABLE`` transaction). Nothing was written.
+    """
+
+    def __init__(
+        self,
+        aggregate_id: UUID,
+        actual_version: int,
+        tenant_id: str | None = None,
+        *,
+        attempts: int,
+        timeout: float,
+    ) -> None:
+        super().__init__(aggregate_id, -1, actual_version, tenant_id)
+        self.attempts = attempts
+        self.timeout = timeout
+        tenant = f" (tenant {tenant_id!r})" if tenant_id else ""
+        self.args = (
+            (
+                f"Gave up appending to stream {aggregate_id}{tenant} with ExpectedVersion.ANY "
+                f"after {attempts} attempts in {timeout:g} s: other writers kept taking the "
+                f"next version (now {actual_version}), or this transaction cannot see their "
+                "commits (REPEATABLE READ or SERIALIZABLE). Nothing was written."
+            ),
+        )
+
+
+class DuplicateEventId(EventSourceError):
+    """An appended event's ``event_id`` is already stored, and the append is not a repeat.
+
+    Re-appending exactly the same events (same ids and content, same stream, at the same
+    versions) is idempotent and returns the stored events; anything else that reuses a
+    stored id is refused with this error. Nothing was written. Give new events new ids.
+    """
+
+    def __init__(
+        self,
+        event_id: UUID,
+        *,
+        position: int,
+        aggregate_id: UUID,
+        aggregate_version: int,
+        tenant_id: str | None = None,
+        reason: str = "",
+    ) -> None:
+        self.event_id = event_id
+        self.position = position
+        self.aggregate_id = aggregate_id
+        self.aggregate_version = aggregate_version
+        self.tenant_id = tenant_id
+        self.reason = reason
+        tenant = f" (tenant {tenant_id!r})" if tenant_id else ""
+        why = f" {reason}" if reason else ""
+        super().__init__(
+            f"Event id {event_id} is already stored at position {position}, as version "
+            f"{aggregate_version} of stream {aggregate_id}{tenant}.{why} Nothing was written; "
+            "give each new event a new event_id (re-appending the very same events to the "
+            "same stream at the same versions is allowed and returns the stored ones)."
+        )
+
+
+class InvalidAppend(EventSourceError, ValueError):
+    """An append was refused before anything was written: a value cannot be stored, or would
+    not read back equal.
+
+    ``field`` names the offending value (``"expected_version"``, ``"events[0].tenant_id"``,
+    ``"events[2].payload.amount"``, ``"events[1].metadata.tags[3]"``), ``rule`` says what
+    is wrong with it. The same inputs are refused on every backend, so what works in
+    development on SQLite also works on PostgreSQL.
+    """
+
+    def __init__(self, field: str, rule: str) -> None:
+        self.field = field
+        self.rule = rule
+        super().__init__(f"{field}: {rule}. Nothing was written.")
+
+
+def _describe_expected(expected: int) -> str:
     names = {
         ExpectedVersion.ANY: "ANY",
         ExpectedVersion.NO_STREAM: "0 (NO_STREAM)",
@@ -105,6 +198,33 @@ class UnknownEventType(EventSourceError, LookupError):
         super().__init__(
             f"Unknown event type {event_type!r}{where}. Register its class with "
             "@register_event, and make sure the module defining it is imported."
+        )
+
+
+class UnknownTenant(EventSourceError, LookupError):
+    """A run or rebuild was asked for a tenant the projection does not know: no committed
+    event carries it and the projection has no state row for it (a typo, most likely).
+    Nothing was run or written; see
+    [`control.projection_known`][django_eventsource.control.projection_known].
+
+    ``known`` holds a few known tenants, those nearest to it in sort order."""
+
+    def __init__(self, projection: str, tenant_id: str, known: list[str]) -> None:
+        self.projection = projection
+        self.tenant_id = tenant_id
+        self.known = known
+        shown = tenant_id if len(tenant_id) <= 80 else tenant_id[:80] + "…"
+        close = difflib.get_close_matches(tenant_id, known, n=1)
+        super().__init__(
+            f"Unknown tenant {shown!r} for projection {projection!r}: no event carries it "
+            "and the projection has no state for it."
+            + (f" Did you mean {close[0]!r}?" if close else "")
+            + (
+                f" Known tenants (the nearest in sort order): {', '.join(map(repr, known))}."
+                if known
+                else " No event carries a tenant id yet."
+            )
+            + " Nothing was changed."
         )
 
 
@@ -223,15 +343,98 @@ class EventGapError(EventSourceError):
         )
 
 
+class EventAlreadyPassed(EventSourceError):
+    """A dead-letter retry met a row that has already moved past the event in feed order.
+
+    Applying the event now would apply it out of order (the row holds later events), so
+    nothing was applied. A row fed by many streams cannot be re-folded from one stream:
+    rebuild the projection, which replays every event in order.
+    """
+
+    def __init__(self, model: Any, lookup: dict[str, Any], position: int, held: int) -> None:
+        self.model = model
+        self.lookup = lookup
+        self.position = position
+        self.held_position = held
+        where = ", ".join(f"{name}={value!r}" for name, value in sorted(lookup.items()))
+        name = getattr(model, "__name__", str(model))
+        super().__init__(
+            f"The {name} row ({where}) already holds events that come after event "
+            f"#{self.position} in the feed (its checkpoint is event #{held}): applying it "
+            "now would apply it out of order, so nothing was applied. Rebuild the projection "
+            "to include it (a rebuild replays every event in order and resolves its dead "
+            "letters)."
+        )
+
+
 class RebuildAborted(EventSourceError):
-    """An atomic rebuild could not finish and was rolled back; the old rows are untouched."""
+    """A rebuild could not finish, and the live projection is untouched: an atomic rebuild
+    was rolled back, or (``shadow``) a shadow rebuild stopped before its swap (its shadow is
+    kept, to resume; the reason says what to do)."""
+
+    def __init__(self, projection: str, reason: str, *, shadow: bool = False) -> None:
+        self.projection = projection
+        self.reason = reason
+        self.shadow = shadow
+        if shadow:
+            message = (
+                f"Shadow rebuild of {projection!r} stopped before its swap: {reason}. The "
+                "live tables still serve, unchanged; nothing was swapped."
+            )
+        else:
+            message = (
+                f"Rebuild of {projection!r} was rolled back: {reason}. Readers still see the "
+                "previous rows and checkpoint; nothing was changed."
+            )
+        super().__init__(message)
+
+
+class HorizonNotSettled(EventSourceError):
+    """PostgreSQL's ordering horizon kept holding events back while no transaction could
+    be appending (a rebuild's hand-over locks appends out), for longer than the bound: the
+    run stopped rather than declare it had caught up without them."""
+
+    def __init__(self, held: int, seconds: float) -> None:
+        self.held = held
+        self.seconds = seconds
+        super().__init__(
+            f"{held} event(s) stayed invisible to readers for {seconds:g}s although no "
+            "transaction could be appending events. Nothing was marked caught up; run it "
+            "again, and report it if it persists."
+        )
+
+
+class RebuildRefused(EventSourceError, ValueError):
+    """A rebuild was refused before it changed anything: it could not do what was asked."""
 
     def __init__(self, projection: str, reason: str) -> None:
         self.projection = projection
         self.reason = reason
+        super().__init__(f"Rebuild of {projection!r} refused: {reason}. Nothing was changed.")
+
+
+class IllegalTransition(EventSourceError):
+    """A projection's status cannot change that way from where it is (see
+    `django_eventsource.state`); nothing was changed."""
+
+    def __init__(
+        self,
+        projection: str,
+        tenant_id: str | None,
+        transition: str,
+        current: str,
+        allowed: list[str],
+    ) -> None:
+        self.projection = projection
+        self.tenant_id = tenant_id
+        self.transition = transition
+        self.current = current
+        self.allowed = allowed
+        tenant = f" (tenant {tenant_id!r})" if tenant_id else ""
         super().__init__(
-            f"Rebuild of {projection!r} was rolled back: {reason}. Readers still see the "
-            "previous rows and checkpoint; nothing was changed."
+            f"Cannot {transition.replace('_', ' ')} projection {projection!r}{tenant}: it is "
+            f"{current}, and only a projection that is {' or '.join(allowed)} can be. "
+            "Nothing was changed."
         )
 
 
@@ -244,4 +447,30 @@ class ProjectionLocked(EventSourceError):
         by = f" by {holder}" if holder else " by another runner"
         super().__init__(
             f"Projection {projection!r} is locked{by}. Stop that runner first, or wait for it."
+        )
+
+
+class ProjectionSkipped(EventSourceError):
+    """The projection is paused or failed, so runners skip it until an operator resumes it
+    (`control.resume`; for a failed one that retries its event) or, for a failed one,
+    dead-letters the event (`control.dead_letter_failed`)."""
+
+    def __init__(
+        self, projection: str, tenant_id: str | None, status: str, last_error: str = ""
+    ) -> None:
+        self.projection = projection
+        self.tenant_id = tenant_id
+        self.status = status
+        self.last_error = last_error
+        tenant = f" (tenant {tenant_id!r})" if tenant_id else ""
+        error = last_error.split("\n\n", 1)[0]
+        super().__init__(
+            f"Projection {projection!r}{tenant} is {status}, so it was not run"
+            + (f" (last error: {error})" if error else "")
+            + ". Resume it first (control.resume, or the admin)"
+            + (
+                ", which retries its failed event, or dead-letter the event."
+                if status == "failed"  # ProjectionStatus.FAILED (this module is a leaf)
+                else "."
+            )
         )

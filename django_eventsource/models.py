@@ -1,6 +1,6 @@
 """Django models of the event store.
 
-``Event`` is written only by :class:`~django_eventsource.store.EventStore` (a single bulk
+``Event`` is written only by [`EventStore`][django_eventsource.EventStore] (a single bulk
 ``INSERT`` per append, which also computes the ordering stamp) and is append-only: the ORM
 refuses to save, update or delete its rows.
 """
@@ -11,11 +11,10 @@ from typing import Any, NoReturn
 
 from django.db import models
 
+from django_eventsource.constants import NO_TENANT
 from django_eventsource.exceptions import AppendOnlyError
 
 __all__ = ["CheckpointedModel", "DeadLetter", "Event", "LagSample", "ProjectionState", "Snapshot"]
-
-NO_TENANT = ""
 
 
 def _refuse(what: str) -> NoReturn:
@@ -52,7 +51,7 @@ class Event(models.Model):
 
     ``position`` is the global, ever-increasing id. On PostgreSQL positions are allocated at
     insert but committed in any order, so readers order by ``(stamp, position)`` instead; see
-    :mod:`django_eventsource.backends.postgresql`. On SQLite writers are serialized and
+    `django_eventsource.backends.postgresql`. On SQLite writers are serialized and
     ``stamp`` is always 0.
     """
 
@@ -115,9 +114,12 @@ class CheckpointedModel(models.Model):
 
     * rows keyed by one stream skip an event with ``aggregate_version <= last_event_version``
       (and a gap in the stream's versions is reported, never applied over);
-    * rows fed by many streams skip an event with ``position <= last_event_position``.
+    * rows fed by many streams skip an event that comes at or before ``last_event_position``
+      in feed order, ``(stamp, position)`` (on PostgreSQL a lower position can be delivered
+      after a higher one; the stamps are looked up from the event table, not stored here).
 
-    Set ``checkpoint_by = "position"`` on the model for the second kind.
+    Set ``checkpoint_by = "position"`` on the model for the second kind. Each read model
+    belongs to one projection (check E009).
     """
 
     checkpoint_by: str = "version"
@@ -136,11 +138,20 @@ CHECKPOINT_FIELDS = ("last_event_id", "last_event_version", "last_event_position
 
 
 class ProjectionStatus(models.TextChoices):
+    """A projection's statuses; `django_eventsource.state` owns every change between them.
+
+    ``STALE``, ``INTERRUPTED`` and ``INLINE`` are reported (by `projection_status` and the
+    admin), never stored.
+    """
+
     IDLE = "idle", "idle"
     RUNNING = "running", "running"
     PAUSED = "paused", "paused"
     FAILED = "failed", "failed"
     REBUILDING = "rebuilding", "rebuilding"
+    STALE = "stale", "stale (its runner stopped beating)"
+    INTERRUPTED = "interrupted", "interrupted (a rebuild stopped before it caught up)"
+    INLINE = "inline", "inline (kept current by the appends)"
 
 
 class ProjectionState(models.Model):
@@ -164,7 +175,14 @@ class ProjectionState(models.Model):
     failed_event_id = models.UUIDField(null=True, blank=True)
     failed_event_type = models.CharField(max_length=255, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)
-    events_processed = models.BigIntegerField(default=0)
+    #: Paused or failed in the middle of a rebuild: resuming it (or setting its failed event
+    #: aside) returns it to `rebuilding`, and appends keep leaving an inline projection to
+    #: the rebuild meanwhile (see `django_eventsource.state`). False in every other status.
+    suspended_rebuild = models.BooleanField(
+        default=False,
+        help_text="Paused or failed in the middle of a rebuild: resuming it returns it to "
+        "rebuilding.",
+    )
     last_progress_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -189,19 +207,52 @@ class ProjectionState(models.Model):
         return f"{self.name} ({self.tenant_id})" if self.tenant_id else self.name
 
 
+class DeadLetterResolution(models.TextChoices):
+    APPLIED = "applied", "applied by a retry"
+    HELD = "held", "already in the read model"
+    REBUILT = "rebuilt", "replayed by a rebuild"
+
+
 class DeadLetter(models.Model):
-    """An event a projection could not apply and set aside (``ERROR_POLICY = "dead_letter"``)."""
+    """An event a projection set aside: one it could not apply, or one parked behind it.
+
+    While a stream (its tenant and aggregate) has an unresolved dead letter in a projection,
+    the stream is *parked* there: the runner applies none of its later events, and records
+    each as a dead letter whose ``parked_behind`` names the failed event's position; other
+    streams go on. Retrying any letter of the stream applies the failed event and then the
+    parked ones, in stream order (see ``django_eventsource.deadletters``).
+    """
+
+    Resolution = DeadLetterResolution
 
     projection = models.CharField(max_length=200)
-    tenant_id = models.CharField(max_length=255, blank=True, default=NO_TENANT)
+    tenant_id = models.CharField(
+        max_length=255,
+        blank=True,
+        default=NO_TENANT,
+        help_text="The tenant scope of the projection's runner ('' for all tenants).",
+    )
     event_position = models.BigIntegerField()
     event_id = models.UUIDField()
     event_type = models.CharField(max_length=255)
+    stream_tenant_id = models.CharField(
+        max_length=255, blank=True, default=NO_TENANT, help_text="The event's own tenant."
+    )
+    aggregate_id = models.UUIDField(null=True, blank=True)
+    aggregate_version = models.PositiveIntegerField(null=True, blank=True)
+    parked_behind = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="For a parked event: the position of the failed event it waits behind.",
+    )
     error = models.TextField()
     traceback = models.TextField(blank=True, default="")
     attempts = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution = models.CharField(
+        max_length=20, blank=True, default="", choices=DeadLetterResolution.choices
+    )
 
     class Meta:
         ordering = ("-created_at",)
@@ -211,6 +262,13 @@ class DeadLetter(models.Model):
             models.UniqueConstraint(
                 fields=("projection", "tenant_id", "event_position"),
                 name="django_eventsource_deadletter_event",
+            ),
+        )
+        indexes = (
+            models.Index(
+                fields=("projection", "tenant_id", "stream_tenant_id", "aggregate_id"),
+                condition=models.Q(resolved_at=None),
+                name="django_eventsource_dl_parked",
             ),
         )
 

@@ -24,24 +24,28 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
+from django_eventsource.conf import database_alias
 from django_eventsource.events import DomainEvent, mark_event_types, marked_methods
-from django_eventsource.exceptions import ProjectionError
-from django_eventsource.store import StoredEvent
+from django_eventsource.exceptions import ProjectionError, RebuildRefused
+from django_eventsource.rows import RowSet
+from django_eventsource.store import BaseEventStore, EventStore
+from django_eventsource.stored import StoredEvent
+from django_eventsource.validation import check_projection_name
 
 if TYPE_CHECKING:
     from django.db.models import Model
 
-    from django_eventsource.rows import RowSet
-    from django_eventsource.store import BaseEventStore
-
 __all__ = [
     "DeclarativeProjection",
+    "InlineProjections",
     "Projection",
     "ProjectionRegistry",
     "handles",
@@ -51,6 +55,10 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 M = TypeVar("M", bound="Model")
 HANDLES_ATTR = "__eventsource_handles__"
+#: The projection whose ``async def`` handler is running: its rows stay in the thread that
+#: awaits the handler (and owns the transaction), so the handler reaches them through
+#: ``sync_to_async``. Only used to say so when a handler tries ``self.row()`` directly.
+_async_handler: ContextVar[Projection | None] = ContextVar("_async_handler", default=None)
 
 
 def handles(*event_types: type[DomainEvent] | str) -> Callable[[F], F]:
@@ -62,14 +70,15 @@ def handles(*event_types: type[DomainEvent] | str) -> Callable[[F], F]:
 
 
 class Projection:
-    """Base class of projections. Subclass it (or :class:`DeclarativeProjection`) and mark
-    handler methods with :func:`handles`.
+    """Base class of projections. Subclass it (or
+    [`DeclarativeProjection`][django_eventsource.DeclarativeProjection]) and mark
+    handler methods with [`handles`][django_eventsource.handles].
 
     Class attributes, all optional:
 
     * ``name``: registers the projection under this name (unique) for the runner and commands.
     * ``models``: the read models it writes (``CheckpointedModel`` subclasses); the default
-      :meth:`_truncate_read_models` deletes their rows on rebuild.
+      `_truncate_read_models` deletes their rows on rebuild.
     * ``row_keys``: ``{Model: "field"}`` for rows keyed by one stream: the field holds the
       event's ``aggregate_id``, and a batch loads all its rows with one query.
     * ``inline``: apply inside the append's own transaction (read-your-writes in a request).
@@ -113,11 +122,7 @@ class Projection:
     @property
     def database(self) -> str:
         """The alias the read models and this projection's checkpoint live in."""
-        if self.using:
-            return self.using
-        from django_eventsource.conf import get_settings
-
-        return get_settings().database_alias
+        return database_alias(self.using or None)
 
     @property
     def label(self) -> str:
@@ -129,14 +134,13 @@ class Projection:
     def handle(self, event: DomainEvent | StoredEvent) -> bool:
         """Apply one event; returns whether the projection has a handler for its type.
 
-        Runs inside ``transaction.atomic`` on :attr:`database`, together with the rows'
+        Runs inside ``transaction.atomic`` on
+        [`database`][django_eventsource.projections.Projection.database], together with the rows'
         embedded checkpoints. A failing handler rolls everything back and raises
-        :class:`~django_eventsource.ProjectionError`.
+        [`ProjectionError`][django_eventsource.ProjectionError].
         """
         if self.handler_for(event.event_type) is None:
             return False
-        from django_eventsource.rows import RowSet
-
         with self._atomic():
             rows = RowSet(self, tenant_id=event.tenant_id)
             self.apply(event, rows)
@@ -144,28 +148,30 @@ class Projection:
         return True
 
     async def ahandle(self, event: DomainEvent | StoredEvent) -> bool:
-        """Async twin of :meth:`handle` (async handlers run in the same transaction)."""
+        """Async twin of [`handle`][django_eventsource.projections.Projection.handle] (async
+        handlers run in the same transaction)."""
         return await sync_to_async(self.handle)(event)
 
     def apply(self, event: DomainEvent | StoredEvent, rows: RowSet) -> bool:
         """Run the handler for ``event`` against a unit of work (no transaction of its own).
 
-        The runner calls this for each event of a batch; :meth:`handle` wraps it.
+        The runner calls this for each event of a batch;
+        [`handle`][django_eventsource.projections.Projection.handle] wraps it.
         """
         handler = self.handler_for(event.event_type)
         if handler is None:
             return False
-        domain = event.event if isinstance(event, StoredEvent) else event
         previous = getattr(self._local, "rows", None)
         self._local.rows = rows
         try:
-            self._call(handler, inspect.iscoroutinefunction(handler), event, domain)
+            self._call(handler, inspect.iscoroutinefunction(handler), event)
         finally:
             self._local.rows = previous
         return True
 
     def apply_all(self, events: Iterable[DomainEvent | StoredEvent], rows: RowSet) -> int:
-        """:meth:`apply` each event in order against one unit of work; returns how many had
+        """[`apply`][django_eventsource.projections.Projection.apply] each event in order against
+        one unit of work; returns how many had
         a handler.
 
         The runner's batches use this: it looks each event type's handler up once per batch
@@ -191,8 +197,7 @@ class Projection:
                     )
                 if entry is None:
                     continue
-                domain = event.event if isinstance(event, StoredEvent) else event
-                self._call(entry[0], entry[1], event, domain)
+                self._call(entry[0], entry[1], event)
                 applied += 1
         finally:
             self._local.rows = previous
@@ -203,14 +208,19 @@ class Projection:
         handler: Callable[[DomainEvent], Any],
         is_async: bool,
         event: DomainEvent | StoredEvent,
-        domain: DomainEvent,
     ) -> None:
-        """Run one handler; any failure but a ProjectionError becomes a ProjectionError."""
-        rows = self._local.rows
-        rows._event, rows._event_position = domain, _position(event)
+        """Decode the event and run one handler: both are applying the event, so any failure
+        of either (a payload that no longer validates, a gap, the handler's own error) but a
+        ProjectionError becomes a ProjectionError, which the runner's error policy handles."""
         try:
+            domain = event.event if isinstance(event, StoredEvent) else event
+            self._local.rows.handling(domain, _position(event))
             if is_async:
-                async_to_sync(handler)(domain)
+                token = _async_handler.set(self)
+                try:
+                    async_to_sync(handler)(domain)
+                finally:
+                    _async_handler.reset(token)
             else:
                 handler(domain)
         except ProjectionError:
@@ -218,17 +228,15 @@ class Projection:
         except Exception as exc:
             raise ProjectionError(
                 self.label,
-                event_id=domain.event_id,
-                event_type=domain.event_type,
+                event_id=event.event_id,
+                event_type=event.event_type,
                 position=_position(event),
-                tenant_id=domain.tenant_id,
+                tenant_id=event.tenant_id,
                 cause=exc,
             ) from exc
 
-    def _atomic(self) -> Any:
+    def _atomic(self) -> AbstractContextManager[Any]:
         if not self.transactional:
-            from contextlib import nullcontext
-
             return nullcontext()
         return transaction.atomic(using=self.database)
 
@@ -239,12 +247,21 @@ class Projection:
         """The unit of work of the event being handled (only inside a handler)."""
         rows = getattr(self._local, "rows", None)
         if rows is None:
+            if _async_handler.get() is self:
+                raise RuntimeError(
+                    "An async def handler reaches its rows through the thread that owns the "
+                    "transaction: use `await sync_to_async(self.row)(Model, event, ...)`."
+                )
             raise RuntimeError("Projection.rows is only available inside a handler.")
         return rows  # type: ignore[no-any-return]
 
     def row(self, model: type[M], event: DomainEvent, **lookup: Any) -> M | None:
         """The row of ``model`` matching ``lookup`` to apply ``event`` to (created if missing),
-        or None when the row already holds the event. Its checkpoint is set for you."""
+        or None when the row already holds the event. Its checkpoint is set for you.
+
+        In an ``async def`` handler: ``row = await sync_to_async(self.row)(Model, event, ...)``
+        (it may query, on the handler's transaction); then change the row as usual.
+        """
         return self.rows.get(model, event, **lookup)
 
     def delete_row(self, row: Model) -> None:
@@ -256,26 +273,59 @@ class Projection:
     def _truncate_read_models(self, tenant_id: str | None = None) -> None:
         """Delete the read models' rows (one tenant's, if given). Called by rebuilds.
 
-        Override it when the projection keeps state elsewhere.
+        For one tenant, every model must have a ``tenant_id`` column; otherwise the
+        projection cannot say which rows are the tenant's, and this raises
+        [`RebuildRefused`][django_eventsource.RebuildRefused] before deleting anything.
+        Override it when the projection keeps state elsewhere, or knows its tenants' rows
+        another way.
         """
+        if tenant_id is not None:
+            unscoped = self.models_without_tenant()
+            if unscoped:
+                raise RebuildRefused(self.label, _no_tenant_column(unscoped, tenant_id))
         for model in self.models:
             queryset = model._default_manager.using(self.database).all()
-            if tenant_id is not None and _has_field(model, "tenant_id"):
+            if tenant_id is not None:
                 queryset = queryset.filter(tenant_id=tenant_id)
             queryset.delete()
+
+    def models_without_tenant(self) -> list[type[Model]]:
+        """The read models the default reset cannot filter by tenant (no ``tenant_id``)."""
+        return [model for model in self.models if not _has_field(model, "tenant_id")]
+
+    def check_tenant_rebuild(self, tenant_id: str | None) -> None:
+        """Raise [`RebuildRefused`][django_eventsource.RebuildRefused] when a rebuild of one
+        tenant would delete other tenants' rows (the default reset, a model without a
+        ``tenant_id`` column). Rebuilds call it before they change anything."""
+        overridden = type(self)._truncate_read_models is not Projection._truncate_read_models
+        if tenant_id is None or overridden:
+            return
+        unscoped = self.models_without_tenant()
+        if unscoped:
+            raise RebuildRefused(self.label, _no_tenant_column(unscoped, tenant_id))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label!r}>"
 
 
 class DeclarativeProjection(Projection):
-    """The tutorial's name for :class:`Projection`: routes events to ``@handles`` methods."""
+    """The tutorial's name for [`Projection`][django_eventsource.Projection]: routes events to
+    ``@handles`` methods."""
 
 
 def _position(event: DomainEvent | StoredEvent) -> int | None:
     if isinstance(event, StoredEvent):
         return event.position
     return event._position
+
+
+def _no_tenant_column(models: Sequence[type[Model]], tenant_id: str) -> str:
+    labels = ", ".join(model._meta.label for model in models)
+    return (
+        f"it cannot be rebuilt for tenant {tenant_id!r} alone: {labels} "
+        "has no tenant_id column, so resetting it would delete every tenant's rows. Rebuild "
+        "it for all tenants, or override _truncate_read_models() to delete one tenant's rows"
+    )
 
 
 def _has_field(model: type[Model], name: str) -> bool:
@@ -295,6 +345,10 @@ class ProjectionRegistry:
         name = cls.name
         if not name:
             raise ImproperlyConfigured(f"{cls.__qualname__} needs a name to be registered.")
+        try:
+            check_projection_name(name)
+        except (TypeError, ValueError) as exc:
+            raise ImproperlyConfigured(f"{cls.__qualname__}.name: {exc}") from exc
         existing = self._classes.get(name)
         if existing is not None and _qualname(existing) != _qualname(cls):
             self.duplicates.append((name, existing, cls))
@@ -338,21 +392,45 @@ def _qualname(cls: type) -> str:
 projection_registry = ProjectionRegistry()
 
 
-def resolve(names: Iterable[str] | None = None) -> list[Projection]:
-    """Instances of the named projections (all registered ones when ``names`` is empty)."""
-    classes = [projection_registry.get(n) for n in names] if names else projection_registry.all()
-    return [cls() for cls in classes]
+def truncate_read_models(projection: Projection, tenant_id: str | None = None) -> None:
+    """Call the projection's `_truncate_read_models` hook (a rebuild's reset), awaiting it
+    when it is `async def`, as the tutorial writes it.
+
+    The hook may take `tenant_id` or, as in the tutorial, no argument at all; such a hook
+    cannot reset one tenant, so a tenant's rebuild refuses it (`ImproperlyConfigured`)
+    rather than delete every tenant's rows.
+    """
+    hook: Callable[..., Any] = projection._truncate_read_models
+    parameters = inspect.signature(hook).parameters
+    takes_tenant = "tenant_id" in parameters or any(
+        p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters.values()
+    )
+    if tenant_id is not None and not takes_tenant:
+        raise ImproperlyConfigured(
+            f"{projection.label}._truncate_read_models() takes no tenant_id, so it cannot "
+            f"reset tenant {tenant_id!r} alone. Give it a tenant_id=None parameter."
+        )
+    result = hook(tenant_id) if takes_tenant else hook()
+    if inspect.isawaitable(result):
+        # Its ORM calls run back on this thread (sync_to_async is thread-sensitive), in the
+        # rebuild's transaction.
+        async def wait() -> None:
+            await result
+
+        async_to_sync(wait)()
 
 
 def run_inline(store: BaseEventStore, events: Sequence[StoredEvent]) -> None:
     """Apply every inline projection to freshly appended events, in the caller's transaction.
 
-    A failure raises :class:`~django_eventsource.ProjectionError`, which rolls the append back.
+    A failure raises [`ProjectionError`][django_eventsource.ProjectionError], which rolls the
+    append back.
     """
-    from django_eventsource.rows import RowSet
-    from django_eventsource.store import EventStore
-
-    for cls in projection_registry.inline():
+    classes = projection_registry.inline()
+    deferred = _rebuilding(store, classes, events[0].tenant_id if events else None)
+    for cls in classes:
+        if cls.name in deferred:
+            continue  # a rebuild replays these events, then takes the projection back
         projection = cls()
         projection.event_store = store
         if isinstance(store, EventStore) and projection.database != store.using:
@@ -362,7 +440,51 @@ def run_inline(store: BaseEventStore, events: Sequence[StoredEvent]) -> None:
                 "projection must share the append's transaction. Make it asynchronous."
             )
         with projection._atomic():
-            rows = RowSet(projection, tenant_id=events[0].tenant_id if events else None)
-            for event in events:
-                projection.apply(event, rows)
+            # fresh: the events were appended in this transaction, so no row holds them yet.
+            rows = RowSet(
+                projection, tenant_id=events[0].tenant_id if events else None, fresh=True
+            )
+            rows.prefetch(events)
+            projection.apply_all(events, rows)
             rows.flush()
+
+
+def _rebuilding(
+    store: BaseEventStore, classes: Sequence[type[Projection]], tenant_id: str | None
+) -> set[str]:
+    """The inline projections (names) that a rebuild is replaying for this tenant (or for
+    every tenant): appends leave them alone meanwhile, also while that rebuild is
+    suspended (paused, or failed: ``suspended_rebuild``).
+
+    One query per append. A rebuild starts and ends only while appends are locked out (its
+    reset and its hand-over), so an append reads the change after it is committed or
+    before it started; either way its events reach the rows exactly once. Pausing,
+    failing and resuming a rebuild never start or end it.
+    """
+    if not classes or not isinstance(store, EventStore):
+        return set()
+    from django.db.models import Q
+
+    from django_eventsource.constants import NO_TENANT
+    from django_eventsource.models import ProjectionState, ProjectionStatus
+
+    return set(
+        ProjectionState.objects.using(store.using)
+        .filter(
+            Q(status=ProjectionStatus.REBUILDING) | Q(suspended_rebuild=True),
+            name__in=[cls.name for cls in classes],
+            tenant_id__in={NO_TENANT, tenant_id or NO_TENANT},
+        )
+        .values_list("name", flat=True)
+    )
+
+
+class InlineProjections:
+    """The store's inline hook (installed by ``AppConfig.ready()``): applies the registered
+    inline projections to each append, inside its transaction."""
+
+    def active(self) -> bool:
+        return bool(projection_registry.inline())
+
+    def __call__(self, store: BaseEventStore, events: list[StoredEvent]) -> None:
+        run_inline(store, events)

@@ -3,36 +3,59 @@
 The reset (``_truncate_read_models`` plus checkpoint 0 and status ``rebuilding``) commits in
 one transaction; the replay then runs in batches like any catch-up. A rebuild that crashes
 leaves status ``rebuilding`` with a checkpoint, and the next rebuild (or runner) resumes from
-there instead of starting over. The projection's lock is held throughout, so a rebuild never
-fights a live runner.
+there instead of starting over. The projection's lock is held throughout (taken by the
+runner, with the same lease rule as any runner on SQLite), so a rebuild never fights a live
+runner. It runs the runner's one batch loop, through its public methods.
 
 ``atomic=True`` trades that for readers who never see a half-built projection: the reset and
 the whole replay run in *one* transaction, so readers keep seeing the old rows (the reset
 deletes rows, it never truncates, so readers are not blocked) until the new ones commit at
-once. Its costs: the transaction is as long as the rebuild, so on PostgreSQL it holds the
-ordering horizon back for every reader in the cluster (other projections lag, never lose
-events) and keeps the old row versions until it ends; on SQLite it holds the write lock, so
+once. Its costs: the transaction is as long as the rebuild, so on PostgreSQL it keeps the
+old row versions until it ends (it holds other readers back only if its handlers append
+events: only appending transactions hold the ordering horizon); on SQLite it holds the write lock, so
 appends wait (up to the database ``timeout``). It is not resumable: a crash, a stop or a
-failing event rolls everything back (:class:`~django_eventsource.RebuildAborted`) and the old
+failing event rolls everything back ([`RebuildAborted`][django_eventsource.RebuildAborted]) and
+the old
 rows stay as they were. Events appended while it runs are applied afterwards by the runner.
+
+``shadow=True`` (PostgreSQL) builds the projection's tables in a shadow schema while the live
+ones keep serving and being applied, then swaps them in one short transaction: see
+`django_eventsource.shadow`.
+
+Inline projections are written by the appends themselves. While one is ``rebuilding``,
+appends leave it alone (``projections.run_inline``); the reset locks appends out while it
+deletes the rows (``Backend.lock_out_appends``), and the runner's hand-over (its batch loop
+run once more, with appends locked out) catches up and sets it ``idle`` in one
+transaction. ``atomic=True`` locks appends out for the whole rebuild.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
+from django.db import connections, transaction
 
+from django_eventsource import control
+from django_eventsource.checkpoints import DatabaseCheckpointStore
 from django_eventsource.exceptions import ProjectionLocked, RebuildAborted
-from django_eventsource.locks import lock_for
+from django_eventsource.logs import tenant_text
+from django_eventsource.projections import truncate_read_models
 from django_eventsource.runner import ProgressCallback, ProjectionRunner, RunResult
+from django_eventsource.runner.loop import _LockLost
 from django_eventsource.store import BaseEventStore, EventStore
+from django_eventsource.text import printable
+from django_eventsource.validation import check_run_tenant
 
 if TYPE_CHECKING:
     from django_eventsource.projections import Projection
 
 __all__ = ["RebuildPlan", "plan_rebuild", "rebuild"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +68,8 @@ class RebuildPlan:
     rows: int
     events: int
     resuming: bool
+    #: The checkpoint an interrupted rebuild resumes from (0 when it starts over).
+    position: int = 0
 
 
 def plan_rebuild(
@@ -53,18 +78,29 @@ def plan_rebuild(
     tenant_id: str | None = None,
     event_store: BaseEventStore | None = None,
 ) -> RebuildPlan:
-    from django_eventsource import control
-
+    """What [`rebuild`][django_eventsource.rebuild.rebuild] would delete and replay; reads
+    only (``ValueError`` for the tenant ``""``, `RebuildRefused` as the rebuild would)."""
+    check_run_tenant(tenant_id)
+    projection.check_tenant_rebuild(tenant_id)
     store = event_store or EventStore()
-    state = control.get_state(projection.label, tenant_id)
-    rows = sum(m._default_manager.using(projection.database).count() for m in projection.models)
+    state = control.find_state(projection.label, tenant_id)  # a plan creates nothing
+    # What the reset deletes: one tenant's rows for a tenant (check_tenant_rebuild made sure
+    # the default reset can tell them apart), every row otherwise.
+    rows = 0
+    for model in projection.models:
+        queryset = model._default_manager.using(projection.database).all()
+        if tenant_id is not None and model not in projection.models_without_tenant():
+            queryset = queryset.filter(tenant_id=tenant_id)
+        rows += queryset.count()
+    resuming = state is not None and state.status == state.Status.REBUILDING
     return RebuildPlan(
         projection=projection.label,
         tenant_id=tenant_id,
         tables=[m._meta.db_table for m in projection.models],
         rows=rows,
         events=store.head_position(),
-        resuming=state.status == state.Status.REBUILDING,
+        resuming=resuming,
+        position=(state.position or 0) if state is not None and resuming else 0,
     )
 
 
@@ -78,18 +114,46 @@ def rebuild(
     wait: bool = False,
     restart: bool = False,
     atomic: bool = False,
+    shadow: bool = False,
     install_signal_handlers: bool = False,
 ) -> RunResult:
     """Reset and replay ``projection``; resumes an interrupted rebuild unless ``restart``.
 
     With ``atomic``, reset and replay commit together, so readers never see a half-built
     projection (see the module's docstring for the costs); it raises
-    :class:`~django_eventsource.RebuildAborted` and changes nothing if it cannot finish.
-    Raises :class:`~django_eventsource.ProjectionLocked` when another process holds the
-    projection (unless ``wait``).
-    """
-    from django_eventsource import control
+    [`RebuildAborted`][django_eventsource.RebuildAborted] and changes nothing if it cannot finish.
+    Raises [`ProjectionLocked`][django_eventsource.ProjectionLocked] when another process holds the
+    projection (unless ``wait``), and [`RebuildRefused`][django_eventsource.RebuildRefused],
+    having changed nothing, when a rebuild of one tenant would delete other tenants' rows.
 
+    With ``shadow`` (PostgreSQL), the live tables keep serving (and being applied) while a
+    shadow is built, then one short transaction swaps it in (``result.swap_seconds``); an
+    interrupted shadow build is resumed, unless ``restart``. It does not take the
+    projection's lock (its live runner keeps running). Raises
+    [`NotSupportedOnBackend`][django_eventsource.NotSupportedOnBackend] on SQLite and
+    [`RebuildRefused`][django_eventsource.RebuildRefused] for what it cannot do (see
+    `django_eventsource.shadow`), before it creates anything.
+    ``tenant_id=""`` is a ``ValueError`` (None is every tenant): see
+    [`check_run_tenant`][django_eventsource.validation.check_run_tenant].
+
+    The result says how it ended: ``failed`` (the projection is failed), ``stopped`` (a
+    signal or ``stop()``: it stays ``rebuilding``, and the next rebuild or runner resumes
+    it), ``lost`` (another runner took the projection over mid-run and continues it).
+    """
+    check_run_tenant(tenant_id)
+    if shadow:
+        if atomic:
+            raise ValueError("A rebuild is either atomic or shadow, not both.")
+        return _rebuild_in_shadow(
+            projection,
+            tenant_id=tenant_id,
+            event_store=event_store,
+            batch_size=batch_size,
+            progress_callback=progress_callback,
+            restart=restart,
+            install_signal_handlers=install_signal_handlers,
+        )
+    projection.check_tenant_rebuild(tenant_id)  # before anything is locked or deleted
     runner = ProjectionRunner(
         [projection],
         tenant_id=tenant_id,
@@ -98,59 +162,150 @@ def rebuild(
         progress_callback=progress_callback,
         install_signal_handlers=install_signal_handlers,
     )
-    lock = lock_for(projection.label, tenant_id, projection.database)
-    while not lock.acquire():
-        if not wait:
-            holder = lock.holder()
-            lock.release()  # closes its connection
-            raise ProjectionLocked(projection.label, holder)
-        runner._stop.wait(runner.poll_interval)
-    runner._locks[projection.label] = lock
-    try:
-        if atomic:
-            return _rebuild_atomically(projection, tenant_id, runner)
-        state = control.get_state(projection.label, tenant_id)
-        if restart or state.status != state.Status.REBUILDING:
-            with transaction.atomic(using=projection.database):
-                _reset(projection, tenant_id, runner)
+    name = printable(projection.label) + tenant_text(tenant_id)
+    fields = {"projection": projection.label, "tenant": tenant_id, "atomic": atomic}
+
+    def replay() -> tuple[RunResult, str]:
         result = RunResult()
-        runner._run_projection(projection, result, until_caught_up=True)
-    finally:
-        lock.release()
-        runner._locks.clear()
+        try:
+            if atomic:
+                logger.info("Rebuilding %s in one transaction", name, extra=fields)
+                result = _rebuild_atomically(projection, tenant_id, runner)
+            else:
+                state = runner.state_of(projection)
+                resuming = not restart and state.status == state.Status.REBUILDING
+                logger.info(
+                    "%s %s",
+                    "Resuming the rebuild of" if resuming else "Rebuilding",
+                    name,
+                    extra={**fields, "resuming": resuming},
+                )
+                if not resuming:
+                    with transaction.atomic(using=projection.database):
+                        _reset(projection, tenant_id, runner)
+                runner.run_projection(projection, result)
+        except (_LockLost, ProjectionLocked) as exc:
+            # Another runner took the projection over mid-run (the fence rolled the batch in
+            # hand back): report it as a run does, never as the runner's private error.
+            holder = runner.holder(projection) or "another runner"
+            if atomic:  # the whole transaction rolled back with it
+                raise RebuildAborted(projection.label, f"{holder} took its lock") from exc
+            result.lost.append(projection.label)
+            runner.report("lock_lost", projection=projection.label, holder=holder)
+            return result, "lost its lock"
+        result.stopped = runner.stopping and not result.failed
+        return result, "failed" if result.failed else "stopped" if result.stopped else "finished"
+
+    with runner.holding(projection, wait=wait):
+        return _logged("Rebuild", name, fields, replay)
+
+
+def _rebuild_in_shadow(
+    projection: Projection,
+    *,
+    tenant_id: str | None,
+    event_store: BaseEventStore | None,
+    batch_size: int | None,
+    progress_callback: ProgressCallback | None,
+    restart: bool,
+    install_signal_handlers: bool,
+) -> RunResult:
+    from django_eventsource.shadow import (
+        ShadowCheckpointStore,
+        check_shadow_rebuild,
+        rebuild_in_shadow,
+        shadow_schema,
+    )
+
+    check_shadow_rebuild(projection, tenant_id)  # before anything is created
+    runner = ProjectionRunner(
+        [projection],
+        event_store=event_store,
+        checkpoint_store=ShadowCheckpointStore(
+            projection.database, shadow_schema(projection.label)
+        ),
+        batch_size=batch_size,
+        progress_callback=progress_callback,
+        install_signal_handlers=install_signal_handlers,
+        error_policy="raise",
+    )
+    name = printable(projection.label)
+    fields = {"projection": projection.label, "tenant": None, "shadow": True}
+
+    def build() -> tuple[RunResult, str]:
+        result = RunResult()
+        swapped = rebuild_in_shadow(projection, runner, restart=restart, result=result)
+        result.stopped = not swapped
+        return result, "swapped in" if swapped else "stopped"
+
+    return _logged("Shadow rebuild", name, fields, build)
+
+
+def _logged(
+    what: str, name: str, fields: dict[str, Any], run: Callable[[], tuple[RunResult, str]]
+) -> RunResult:
+    """Run a rebuild (``what`` of ``name``) and log how it ended, in one place for every
+    kind: aborted (WARNING, the `RebuildAborted` message, re-raised), failed or stopped
+    (WARNING), finished or swapped in (INFO), with the events applied and the duration (and
+    a swap's ``swap_seconds``)."""
+    started = time.monotonic()
+    try:
+        result, ended = run()
+    except RebuildAborted as exc:  # its message names the rebuild and what still holds
+        logger.warning("%s", printable(exc), extra={**fields, "error": str(exc)})
+        raise
+    duration = time.monotonic() - started
+    extra = {**fields, "count": result.events_applied, "duration": duration}
+    if fields.get("shadow"):
+        extra["swap_seconds"] = result.swap_seconds
+    logger.log(
+        logging.INFO if ended in ("finished", "swapped in") else logging.WARNING,
+        "%s of %s %s after %d events in %.1fs",
+        what,
+        name,
+        ended,
+        result.events_applied,
+        duration,
+        extra=extra,
+    )
     return result
 
 
 def _reset(projection: Projection, tenant_id: str | None, runner: ProjectionRunner) -> None:
     """Delete the rows, checkpoint 0, status ``rebuilding`` (inside the caller's transaction)."""
-    from django_eventsource import control
-    from django_eventsource.checkpoints import DatabaseCheckpointStore
+    from django_eventsource import deadletters, state  # they import models
 
-    projection._truncate_read_models(tenant_id)
+    if projection.inline:
+        # Appends apply an inline projection themselves: wait for the open ones (their rows
+        # are then deleted with the rest), and make new ones wait until the status says
+        # `rebuilding`, after which they leave the projection to the replay.
+        _lock_out_appends(runner)
+    truncate_read_models(projection, tenant_id)
     DatabaseCheckpointStore(projection.database).save(projection.label, 0, tenant_id=tenant_id)
-    state = control.get_state(projection.label, tenant_id, lock=True)
-    state.status = state.Status.REBUILDING
-    state.last_error = ""
-    state.failed_event_position = None
-    state.failed_event_id = None
-    state.failed_event_type = ""
-    state.attempts = 0
-    state.save()
+    # The replay applies every event in order: events that still fail are set aside again.
+    deadletters.resolve_all(projection.label, tenant_id, projection.database)
+    state.begin_rebuild(
+        projection.label, tenant_id, projection.database, owner=runner.owner_of(projection)
+    )
     runner.report("reset", projection=projection.label, tenant_id=tenant_id)
+
+
+def _lock_out_appends(runner: ProjectionRunner) -> None:
+    store = runner.event_store
+    if isinstance(store, EventStore):
+        store.backend.lock_out_appends(connections[store.using])
 
 
 def _rebuild_atomically(
     projection: Projection, tenant_id: str | None, runner: ProjectionRunner
 ) -> RunResult:
-    from django_eventsource import control
-
     result = RunResult()
     with transaction.atomic(using=projection.database):
         _reset(projection, tenant_id, runner)
-        runner._run_projection(projection, result, until_caught_up=True)
+        runner.run_projection(projection, result)
         if result.failed:
             reason = control.get_state(projection.label, tenant_id).last_error.splitlines()
             raise RebuildAborted(projection.label, reason[0] if reason else "an event failed")
-        if runner._stop.is_set():
+        if runner.stopping:
             raise RebuildAborted(projection.label, "it was stopped before it caught up")
     return result

@@ -1,39 +1,50 @@
-"""Projection status and lag, as ``projection_status`` and the admin show them."""
+"""Projection status and lag, as ``projection_status`` and the admin show them, and what
+the read models' embedded checkpoints say about them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from django.db import connections
+from django.db.models import Count, Max, Min, OuterRef, Subquery
 from django.utils import timezone
 
+from django_eventsource.backends.postgresql.horizon import (
+    HorizonHolder,
+    horizon_holder,
+    horizon_holders,
+)
+from django_eventsource.backends.postgresql.stamps import diagnose_stamps
+from django_eventsource.checkpoints import lag_from_pending, measure_lag
+from django_eventsource.conf import get_settings
+from django_eventsource.projections import projection_registry
 from django_eventsource.store import BaseEventStore, EventStore
 
 if TYPE_CHECKING:
-    from django_eventsource.maintenance import StampDiagnosis
+    from django_eventsource.backends.postgresql.stamps import StampDiagnosis
+    from django_eventsource.projections import Projection
+    from django_eventsource.shadow import ShadowBuild
 
+# Models are imported inside the functions that use them, so that importing this module (the
+# runner does) never needs the app registry.
 __all__ = [
+    "CHECKS",
     "HorizonHolder",
+    "Problem",
     "ProjectionStatusRow",
+    "ReadModelStatistics",
+    "StatusCheck",
+    "check_status",
+    "find_problems",
     "horizon_holder",
+    "horizon_holders",
     "projection_statuses",
+    "read_model_statistics",
     "record_lag_sample",
     "stamp_problem",
 ]
-
-
-@dataclass(frozen=True)
-class HorizonHolder:
-    """The oldest running transaction with a transaction id (PostgreSQL): while it runs,
-    readers cannot pass it, so it is what holds projections back."""
-
-    pid: int
-    age_seconds: float
-    state: str
-    application: str
-    query: str
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,31 @@ class ProjectionStatusRow:
     last_error: str
     failed_event_position: int | None
     registered: bool
+    #: Of ``lag_events``: events readable now, not applied yet (behind the visible head).
+    behind_events: int = 0
+    #: Of ``lag_events``: committed events PostgreSQL's ordering horizon holds back (an
+    #: appending transaction has not committed; see ``horizon_holders``). 0 on SQLite.
+    held_events: int = 0
+    #: How long the oldest held-back event has waited (0.0 when none).
+    held_seconds: float = 0.0
+    #: The status as stored; ``status`` is what to report: ``stale`` when a running or
+    #: rebuilding projection's heartbeat is older than three heartbeat intervals (its
+    #: runner died), ``interrupted`` for a rebuild no runner claims (it stopped before it
+    #: caught up), ``inline`` for an inline projection without a checkpoint.
+    stored_status: str = ""
+    #: Unresolved dead letters (failed events, and events parked behind them).
+    dead_letters: int = 0
+    #: A shadow rebuild in progress (or interrupted, to resume): the position its shadow
+    #: tables are built up to (None: none; PostgreSQL only, see `django_eventsource.shadow`).
+    shadow_position: int | None = None
+    #: The event that shadow build failed on, when a handler raised (None: it did not fail);
+    #: the live tables still serve and nothing was swapped.
+    shadow_failed_position: int | None = None
+    #: That failure: the exception's type and message.
+    shadow_error: str = ""
+    #: Paused or failed in the middle of a rebuild (see `django_eventsource.state`): its
+    #: read model is half-built, and resuming it returns it to the rebuild.
+    suspended_rebuild: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,12 +97,22 @@ def _age(now: datetime, moment: datetime | None) -> float | None:
 
 
 def projection_statuses(
-    names: list[str] | None = None, *, event_store: BaseEventStore | None = None
+    names: list[str] | None = None,
+    *,
+    event_store: BaseEventStore | None = None,
+    keys: Iterable[tuple[str, str]] | None = None,
 ) -> list[ProjectionStatusRow]:
-    """One row per projection and tenant: registered projections, plus any state rows."""
-    from django_eventsource.checkpoints import measure_lag
-    from django_eventsource.models import ProjectionState
-    from django_eventsource.projections import projection_registry
+    """One row per projection and tenant: registered projections, plus any state rows.
+
+    ``keys`` keeps only those ``(projection, tenant)`` rows (a page of the admin's list).
+    The lag of every row is measured together: the number of queries does not grow with
+    the number of rows. ``status`` is what to report (see `django_eventsource.state`):
+    ``stale`` for a live status without a fresh heartbeat, ``interrupted`` for a rebuild
+    that stopped before it caught up, ``inline`` for an inline projection without a
+    checkpoint.
+    """
+    from django_eventsource.models import ProjectionState, ProjectionStatus
+    from django_eventsource.state import reported_status
 
     store = event_store or EventStore()
     registered = projection_registry.names()
@@ -82,25 +128,43 @@ def projection_statuses(
     for name in wanted:
         if not any(key[0] == name for key in states):
             states[(name, "")] = ProjectionState(name=name)
+    if keys is not None:
+        kept = set(keys)
+        states = {key: state for key, state in states.items() if key in kept}
     rows = []
     inline = {n for n in registered if projection_registry.get(n).inline}
-    for (name, tenant), state in sorted(states.items()):
-        if name in inline and state.position is None:
-            # Kept current by the appends themselves: no checkpoint, no lag.
-            state.status = "inline"
-            state.position = store.head_position()
-        lag = measure_lag(
+    ordered = sorted(states.items())
+    head = store.head_position()
+    statuses: list[str] = []
+    for (name, _), state in ordered:
+        status = reported_status(state, now=now)
+        if name in inline and (state.position is None or status == ProjectionStatus.IDLE):
+            # Kept current by the appends themselves: no lag. A checkpoint left by a rebuild
+            # or a catch-up of it stays where that run ended, since appends never move it;
+            # measured against it, the lag grew with every append, forever.
+            status = ProjectionStatus.INLINE
+            state.position = head
+        statuses.append(str(status))
+    letters = _dead_letter_counts(wanted, databases)
+    shadows = _shadow_builds(databases)
+    checkpoints = [(state.position or 0, tenant or None) for (_, tenant), state in ordered]
+    pending = store.pending_events_many(checkpoints) if head and checkpoints else []
+    for index, ((name, tenant), state) in enumerate(ordered):
+        status = statuses[index]
+        shadow = shadows.get(name) if not tenant else None
+        lag = lag_from_pending(
             name,
-            _FixedCheckpoint(state.position),
-            store,
-            tenant_id=tenant or None,
+            tenant or None,
+            state.position or 0,
+            head,
+            pending[index] if pending else None,
             now=now,
         )
         rows.append(
             ProjectionStatusRow(
                 projection=name,
                 tenant_id=tenant,
-                status=state.status,
+                status=str(status),
                 position=state.position or 0,
                 head=lag.head,
                 lag_events=lag.events,
@@ -111,9 +175,170 @@ def projection_statuses(
                 last_error=state.last_error.split("\n\n", 1)[0],
                 failed_event_position=state.failed_event_position,
                 registered=name in registered,
+                behind_events=lag.behind_events,
+                held_events=lag.held_events,
+                held_seconds=round(lag.held_seconds, 3),
+                stored_status=str(state.status),
+                dead_letters=letters.get((name, tenant), 0),
+                shadow_position=shadow.position if shadow else None,
+                shadow_failed_position=shadow.failed_position if shadow else None,
+                shadow_error=shadow.error if shadow else "",
+                suspended_rebuild=state.suspended_rebuild,
             )
         )
     return rows
+
+
+def _shadow_builds(databases: set[str]) -> dict[str, ShadowBuild]:
+    """The shadow build of each projection (PostgreSQL; one query per database, plus one
+    per build)."""
+    from django_eventsource.shadow import shadow_builds
+
+    return {b.projection: b for alias in sorted(databases) for b in shadow_builds(alias)}
+
+
+def _dead_letter_counts(names: list[str], databases: set[str]) -> dict[tuple[str, str], int]:
+    """Unresolved dead letters per projection and tenant scope (one query per database)."""
+    from django_eventsource.models import DeadLetter
+
+    counts: dict[tuple[str, str], int] = {}
+    for alias in sorted(databases):
+        grouped = (
+            DeadLetter.objects.using(alias)
+            .filter(projection__in=names, resolved_at=None)
+            .values_list("projection", "tenant_id")
+            .annotate(n=Count("pk"))
+            .order_by()
+        )
+        for projection, tenant, count in grouped:
+            counts[(projection, tenant)] = counts.get((projection, tenant), 0) + count
+    return counts
+
+
+# The checks: one function decides what is wrong, for ``projection_status --check``, the
+# health view and the metrics alike. ---------------------------------------------------------
+
+#: The kinds of problem the checks report, in the order they are reported.
+CHECKS = ("stamps", "failed", "stale", "interrupted", "dead_letters", "lag", "held")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason the status check fails."""
+
+    #: Which check: one of `CHECKS`.
+    check: str
+    #: The projection and tenant concerned ("" for the whole store, e.g. ``stamps``).
+    projection: str = ""
+    tenant_id: str = ""
+    #: What is wrong, for people (without the projection's name, and without error texts,
+    #: so that the health view can show it).
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def find_problems(
+    rows: list[ProjectionStatusRow],
+    *,
+    stamps: StampDiagnosis | None = None,
+    max_lag: int | None = None,
+    max_held_seconds: float | None = None,
+    allow_dead_letters: bool = False,
+) -> list[Problem]:
+    """What is wrong, according to the status ``rows`` (and ``stamps``, the diagnosis of
+    `stamp_problem`): the one definition of a failing check.
+
+    * ``stamps``: the event stamps need ``rebase_event_stamps`` (nothing new is visible);
+    * ``failed``: a projection stopped on an event it cannot apply;
+    * ``stale``: a running (or rebuilding) projection's worker stopped beating: it died;
+    * ``interrupted``: a rebuild stopped cleanly before it caught up: the read model is
+      half-built until a rebuild (or a catch-up) of it resumes from its checkpoint;
+    * ``dead_letters``: events were set aside and are not resolved (unless
+      ``allow_dead_letters``);
+    * ``lag``: more than ``max_lag`` events wait (default: the ``MAX_LAG`` setting; None
+      checks no lag);
+    * ``held``: events have been held back by an appending transaction that has not
+      committed for more than ``max_held_seconds`` (default: ``MAX_HELD_SECONDS``).
+    """
+    from django_eventsource.models import ProjectionStatus
+
+    options = get_settings()
+    if max_lag is None:
+        max_lag = options.max_lag
+    if max_held_seconds is None:
+        max_held_seconds = options.max_held_seconds
+    problems = []
+    if stamps is not None and stamps.needs_rebase:
+        problems.append(Problem("stamps", message=stamps.message()))
+    for row in rows:
+        found = []
+        if row.status == ProjectionStatus.FAILED:
+            at = row.failed_event_position
+            found.append(("failed", "failed" + (f" at event #{at}" if at is not None else "")))
+        if row.status == ProjectionStatus.STALE:
+            age = " ever" if row.heartbeat_age is None else f" for {row.heartbeat_age:.0f}s"
+            found.append(
+                ("stale", f"stale: {row.stored_status} but no heartbeat{age} (its runner is gone)")
+            )
+        if row.status == ProjectionStatus.INTERRUPTED:
+            interrupted = (
+                f"rebuild interrupted at event #{row.position} of {row.head}: the read model is "
+                "half-built until the rebuild is resumed (run rebuild_projections again; a "
+                "catch-up or worker of it resumes it too)"
+            )
+            found.append(("interrupted", interrupted))
+        if row.dead_letters and not allow_dead_letters:
+            found.append(("dead_letters", f"{row.dead_letters} unresolved dead letter(s)"))
+        if max_lag is not None and row.lag_events > max_lag:
+            found.append(("lag", f"lag {row.lag_events} > {max_lag}"))
+        if row.held_events and row.held_seconds > max_held_seconds:
+            found.append(("held", f"{row.held_events} held back for {row.held_seconds:.0f}s"))
+        problems += [Problem(c, row.projection, row.tenant_id, m) for c, m in found]
+    order = {check: i for i, check in enumerate(CHECKS)}
+    return sorted(problems, key=lambda p: order.get(p.check, len(order)))
+
+
+@dataclass(frozen=True)
+class StatusCheck:
+    """The statuses, and what the checks found in them."""
+
+    rows: list[ProjectionStatusRow]
+    problems: list[Problem]
+    #: The stamps' diagnosis when they need a re-base (PostgreSQL), else None.
+    stamps: StampDiagnosis | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_status(
+    names: list[str] | None = None,
+    *,
+    event_store: BaseEventStore | None = None,
+    tenant_id: str | None = None,
+    max_lag: int | None = None,
+    max_held_seconds: float | None = None,
+    allow_dead_letters: bool = False,
+) -> StatusCheck:
+    """Measure every projection (or ``names``; one tenant's rows with ``tenant_id``) and run
+    the checks of [`find_problems`][django_eventsource.status.find_problems] on them."""
+    store = event_store or EventStore()
+    rows = projection_statuses(names, event_store=store)
+    if tenant_id is not None:
+        rows = [r for r in rows if r.tenant_id == tenant_id]
+    using = store.using if isinstance(store, EventStore) else "default"
+    stamps = stamp_problem(using)
+    problems = find_problems(
+        rows,
+        stamps=stamps,
+        max_lag=max_lag,
+        max_held_seconds=max_held_seconds,
+        allow_dead_letters=allow_dead_letters,
+    )
+    return StatusCheck(rows, problems, stamps)
 
 
 class _FixedCheckpoint:
@@ -137,31 +362,11 @@ class _FixedCheckpoint:
         return self.position
 
 
-def horizon_holder(using: str = "default") -> HorizonHolder | None:
-    """On PostgreSQL, the oldest transaction holding the ordering horizon back (if any)."""
-    connection = connections[using]
-    if connection.vendor != "postgresql":
-        return None
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid, EXTRACT(EPOCH FROM (now() - xact_start)), state, application_name, "
-            "left(query, 200) FROM pg_stat_activity WHERE backend_xid IS NOT NULL "
-            "AND pid <> pg_backend_pid() ORDER BY age(backend_xid) DESC LIMIT 1"
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    pid, age, state, application, query = row
-    return HorizonHolder(int(pid), float(age or 0), state or "", application or "", query or "")
-
-
 def stamp_problem(using: str = "default") -> StampDiagnosis | None:
     """On PostgreSQL, why nothing new is visible after a restore: the stamps' diagnosis when
-    they sit above the server's transaction counter (see :mod:`django_eventsource.maintenance`);
+    they sit above the server's transaction counter (see `django_eventsource.maintenance`);
     None when they are healthy, or on other backends. Lag alone cannot show this: the events
     are invisible, so they do not count as lag."""
-    from django_eventsource.maintenance import diagnose_stamps
-
     diagnosis = diagnose_stamps(using)
     return diagnosis if diagnosis is not None and diagnosis.needs_rebase else None
 
@@ -176,9 +381,6 @@ def record_lag_sample(
     history_days: int = 7,
 ) -> None:
     """Store the projection's current lag for the admin chart, and prune old samples."""
-    from datetime import timedelta
-
-    from django_eventsource.checkpoints import measure_lag
     from django_eventsource.models import LagSample
 
     now = timezone.now()
@@ -194,3 +396,78 @@ def record_lag_sample(
         recorded_at=now,
     )
     samples.filter(recorded_at__lt=now - timedelta(days=history_days)).delete()
+
+
+@dataclass(frozen=True)
+class ReadModelStatistics:
+    """What a read model's embedded checkpoint columns say about it."""
+
+    model: str
+    table: str
+    rows: int
+    min_position: int | None
+    max_position: int | None
+    #: Rows whose last applied version is below their stream's latest handled event
+    #: (None when it cannot be measured: rows fed by many streams, no row key, another
+    #: database than the events).
+    behind: int | None
+    behind_note: str
+
+
+def read_model_statistics(
+    projection: Projection, tenant_id: str | None = None, *, event_store: EventStore | None = None
+) -> list[ReadModelStatistics]:
+    """Rows, min/max ``last_event_position`` and rows behind their stream, per read model."""
+    from django_eventsource.models import CheckpointedModel, Event
+
+    store = event_store or EventStore()
+    database = projection.database
+    handled = sorted(projection.handled_types())
+    statistics = []
+    for model in projection.models:
+        fields = {f.name for f in model._meta.concrete_fields}
+        rows = model._default_manager.using(database).all()
+        if tenant_id is not None and "tenant_id" in fields:
+            rows = rows.filter(tenant_id=tenant_id)
+        checkpointed = issubclass(model, CheckpointedModel)
+        if checkpointed:
+            totals = rows.aggregate(
+                rows=Count("pk"),
+                low=Min("last_event_position"),
+                high=Max("last_event_position"),
+            )
+        else:
+            totals = {**rows.aggregate(rows=Count("pk")), "low": None, "high": None}
+        key = projection.row_keys.get(model)
+        behind: int | None = None
+        if not checkpointed:
+            note = "not a CheckpointedModel"
+        elif getattr(model, "checkpoint_by", "version") != "version":
+            note = "fed by many streams (checkpointed by position)"
+        elif not key:
+            note = "no row key names the stream"
+        elif database != store.using:
+            note = "the events are in another database"
+        elif not handled:
+            note = "the projection handles no event type"
+        else:
+            head = Event.objects.using(database).filter(
+                aggregate_id=OuterRef(key), event_type__in=handled
+            )
+            if "tenant_id" in fields:
+                head = head.filter(tenant_id=OuterRef("tenant_id"))
+            latest = head.order_by("-aggregate_version").values("aggregate_version")[:1]
+            behind = rows.filter(last_event_version__lt=Subquery(latest)).count()
+            note = "compared with each stream's latest event of a handled type"
+        statistics.append(
+            ReadModelStatistics(
+                model=model._meta.label,
+                table=model._meta.db_table,
+                rows=totals["rows"],
+                min_position=totals["low"],
+                max_position=totals["high"],
+                behind=behind,
+                behind_note=note,
+            )
+        )
+    return statistics

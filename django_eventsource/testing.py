@@ -20,10 +20,15 @@ and build events with factory-boy::
         run_projections("task_board")
         assert TaskSummary.objects.get().done
 
-The fixtures need pytest and pytest-django, :class:`DomainEventFactory` needs factory-boy;
-``pip install "django-eventsource[testing]"`` installs all three. :func:`given_events`,
-:func:`stream` and :func:`run_projections` need none of them and work in Django's own test
-classes too (``TransactionTestCase`` on PostgreSQL: see :func:`run_projections`).
+The fixtures need pytest and pytest-django,
+[`DomainEventFactory`][django_eventsource.testing.DomainEventFactory] needs factory-boy;
+``pip install "django-eventsource[testing]"`` installs all three.
+[`given_events`][django_eventsource.testing.given_events],
+[`stream`][django_eventsource.testing.stream] and
+[`run_projections`][django_eventsource.testing.run_projections] need none of them and work in
+Django's own test
+classes too (``TransactionTestCase`` on PostgreSQL: see
+[`run_projections`][django_eventsource.testing.run_projections]).
 
 Importing this module never imports models, so ``pytest_plugins`` can load it before Django
 is set up.
@@ -41,12 +46,16 @@ from uuid import UUID, uuid4
 from asgiref.sync import sync_to_async
 from django.db import connections
 
+from django_eventsource.backends.postgresql.horizon import (
+    has_appended,
+    hidden_events,
+    horizon_holder,
+)
 from django_eventsource.checkpoints import CheckpointStore, InMemoryCheckpointStore
 from django_eventsource.events import DomainEvent
 from django_eventsource.projections import Projection, projection_registry
 from django_eventsource.runner import CatchUpResult, catch_up
 from django_eventsource.store import (
-    TABLE,
     BaseEventStore,
     EventStore,
     InMemoryEventStore,
@@ -54,7 +63,6 @@ from django_eventsource.store import (
 )
 
 if TYPE_CHECKING:
-    from django.db.backends.base.base import BaseDatabaseWrapper
     from factory.base import Factory
 
     class DomainEventFactory(Factory[DomainEvent]):
@@ -70,7 +78,7 @@ __all__ = [
     "stream",
 ]
 
-#: How long :func:`run_projections` waits for events another open transaction holds back.
+#: How long `run_projections` waits for events an appending transaction holds back.
 DEFAULT_TIMEOUT = 10.0
 POLL_INTERVAL = 0.02
 
@@ -133,7 +141,8 @@ def stream(
     """The events of one stream, in order: they share one ``aggregate_id`` and tenant.
 
     Each item is an event factory (any callable taking ``aggregate_id`` and ``tenant_id``
-    keywords, such as a :class:`DomainEventFactory` subclass), called with the stream's ids,
+    keywords, such as a [`DomainEventFactory`][django_eventsource.testing.DomainEventFactory]
+    subclass), called with the stream's ids,
     or an event, which is copied onto the stream. ``aggregate_id`` defaults to a new UUID;
     ``tenant_id`` to the first event's (a factory's default, for instance)::
 
@@ -167,20 +176,25 @@ def run_projections(
 
     Without arguments it runs every registered projection that the store does not already
     keep current: asynchronous ones always, inline ones only when the store has
-    ``inline_projections`` off. It uses :func:`~django_eventsource.runner.catch_up`, the
-    runner's own batch loop, without retries, locks or status bookkeeping: a failing handler
-    raises :class:`~django_eventsource.ProjectionError` at once (the handler's exception is
-    its ``__cause__``), so the test fails with the real traceback.
+    ``inline_projections`` off. It uses [`catch_up`][django_eventsource.catch_up]: the
+    worker's own batch loop, with its locks, status and fencing, but without retries. A
+    failing event raises [`ProjectionError`][django_eventsource.ProjectionError] once the
+    events before it are applied (the handler's exception is its ``__cause__``), so the test
+    fails with the real traceback, and the projection is left `failed`, as a worker would
+    leave it (a later call raises [`ProjectionSkipped`][django_eventsource.ProjectionSkipped]
+    until it is resumed). A projection another runner holds raises
+    [`ProjectionLocked`][django_eventsource.ProjectionLocked].
 
     Checkpoints go to the projection's database (``DatabaseCheckpointStore``), so a second
     call resumes where the first stopped, as a worker would. Pass an
-    :class:`~django_eventsource.InMemoryCheckpointStore` to keep them out of the database.
+    [`InMemoryCheckpointStore`][django_eventsource.InMemoryCheckpointStore] to keep them out of
+    the database (the same loop then runs without locks or status).
 
-    On PostgreSQL, projections see an event once every transaction that was running when it
-    was written has ended. "The head" means every event committed when this is called: if an
-    open transaction elsewhere on the server (another test process, a shell) holds some back,
-    it waits up to ``timeout`` seconds for it, then raises ``RuntimeError`` naming it. It
-    never skips them.
+    On PostgreSQL, projections see an event once every transaction that appended events
+    before it committed has ended. "The head" means every event committed when this is
+    called: if an appending transaction that has not committed (another test process, a
+    shell) holds some back, it waits up to ``timeout`` seconds for it, then raises
+    ``RuntimeError`` naming it. It never skips them.
     """
     store = event_store if event_store is not None else EventStore()
     _wait_for_committed_events(store, tenant_id, timeout)
@@ -204,7 +218,7 @@ async def arun_projections(
     batch_size: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> dict[str, CatchUpResult]:
-    """Async twin of :func:`run_projections`."""
+    """Async twin of [`run_projections`][django_eventsource.testing.run_projections]."""
     return await sync_to_async(run_projections)(
         *projections,
         event_store=event_store,
@@ -215,48 +229,27 @@ async def arun_projections(
     )
 
 
-def _hidden_events(store: EventStore, tenant_id: str | None) -> int:
-    """Events this connection can see that ``read_all`` cannot yet (PostgreSQL's horizon)."""
-    sql = f"SELECT COUNT(*) FROM {TABLE} WHERE stamp >= {store._backend().horizon_sql()}"
-    params: list[str] = []
-    if tenant_id is not None:
-        sql += " AND tenant_id = %s"
-        params.append(tenant_id)
-    with connections[store.using].cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    return int(row[0]) if row else 0
-
-
-def _has_transaction_id(connection: BaseDatabaseWrapper) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
-        row = cursor.fetchone()
-    return bool(row and row[0])
-
-
 def _wait_for_committed_events(
     store: BaseEventStore, tenant_id: str | None, timeout: float
 ) -> None:
     """Make sure the projections can read every event already committed, or say why not.
 
     On PostgreSQL, ``read_all`` only returns events below the ordering horizon: the oldest
-    transaction still running anywhere on the server. Events appended inside a test wrapped
-    in a transaction that never commits (pytest-django's ``db``, Django's ``TestCase``) never
-    get there, and events committed while another transaction is open get there when it
-    ends. Without this, the projections would silently apply less than the test appended.
+    transaction that appended events and has not ended. Events appended inside a test
+    wrapped in a transaction that never commits (pytest-django's ``db``, Django's
+    ``TestCase``) never get there, and events committed while another appending transaction
+    is open get there when it ends. Transactions that append nothing hold nothing back.
+    Without this, the projections would silently apply less than the test appended.
     """
     if not isinstance(store, EventStore):
         return
     connection = connections[store.using]
     if connection.vendor != "postgresql":
         return
-    from django_eventsource.status import horizon_holder
-
     deadline = time.monotonic() + timeout
-    while hidden := _hidden_events(store, tenant_id):
-        if connection.in_atomic_block and _has_transaction_id(connection):
-            # This transaction has written: it holds the horizon itself until it commits.
+    while hidden := hidden_events(store.using, tenant_id):
+        if connection.in_atomic_block and has_appended(connection):
+            # This transaction has appended: it holds the horizon itself until it commits.
             raise RuntimeError(
                 f"{hidden} event(s) are invisible to projections: on PostgreSQL, projections "
                 "only see events of committed transactions, and this test runs inside one "
@@ -265,17 +258,17 @@ def _wait_for_committed_events(
                 "@pytest.mark.django_db(transaction=True) or TransactionTestCase."
             )
         if time.monotonic() >= deadline:
-            holder = horizon_holder(store.using)
+            holder = horizon_holder(store.using, with_query=True)
             who = (
-                f"pid {holder.pid} ({holder.state}, {holder.application!r}, "
-                f"{holder.age_seconds:.0f}s): {holder.query}"
+                holder.describe() + (f": {holder.query}" if holder.query else "")
                 if holder is not None
                 else "a transaction that has ended since"
             )
             raise RuntimeError(
                 f"{hidden} committed event(s) are still invisible to projections after "
-                f"{timeout:g}s: an open transaction on the server holds the ordering horizon "
-                f"back (the oldest is {who}). Finish it, or pass a longer timeout."
+                f"{timeout:g}s: a transaction that appended events and has not committed "
+                f"holds the ordering horizon back (the oldest is {who}). Finish it, or pass "
+                "a longer timeout."
             )
         time.sleep(POLL_INTERVAL)
 
@@ -322,12 +315,13 @@ def _build_event_factory() -> type:
     class DomainEventFactory(Factory[DomainEvent]):
         """factory-boy base for events: set ``Meta.model`` to a DomainEvent subclass.
 
-        Fills the envelope: a new ``aggregate_id`` per event (use :func:`stream` or pass
+        Fills the envelope: a new ``aggregate_id`` per event (use
+        [`stream`][django_eventsource.testing.stream] or pass
         ``aggregate_id=`` to put several on one stream), ``tenant_id`` (None; set it on a
         subclass or per call) and ``occurred_at`` (now). ``event_id`` and
         ``aggregate_version`` are left to the event and the store. Events are immutable, so
         ``create()`` and ``build()`` both return an unsaved event; append them with
-        :func:`given_events`.
+        [`given_events`][django_eventsource.testing.given_events].
         """
 
         class Meta:
@@ -369,14 +363,15 @@ if pytest is not None:
 
     @pytest.fixture
     def event_store(db: None) -> EventStore:
-        """An :class:`~django_eventsource.EventStore` on the test database (inline
+        """An [`EventStore`][django_eventsource.EventStore] on the test database (inline
         projections on). Requesting it gives the test database access, as ``db`` does; a
         ``django_db(transaction=True)`` mark is honoured."""
         return EventStore()
 
     @pytest.fixture
     def memory_event_store() -> InMemoryEventStore:
-        """An :class:`~django_eventsource.InMemoryEventStore` that touches no database: its
+        """An [`InMemoryEventStore`][django_eventsource.InMemoryEventStore] that touches no
+        database: its
         inline projections are off (use ``event_store`` to test those)."""
         return InMemoryEventStore(inline_projections=False)
 
@@ -384,7 +379,8 @@ if pytest is not None:
     def run_projections_fixture(
         transactional_db: None,
     ) -> Callable[..., dict[str, CatchUpResult]]:
-        """:func:`run_projections`, with the test's own checkpoints for in-memory stores.
+        """[`run_projections`][django_eventsource.testing.run_projections], with the test's own
+        checkpoints for in-memory stores.
 
         It requests ``transactional_db``: projections read committed events only on
         PostgreSQL, so the test's appends must really commit (pytest-django then empties

@@ -7,9 +7,20 @@ from typing import Any
 from django_eventsource import BaseEventStore
 
 
+def _feed(store: BaseEventStore, tenant_id: str | None = None) -> list[Any]:
+    """Every committed event in feed order (an ORM store: re-read until the horizon lets
+    them all through, see ``helpers.all_events``)."""
+    from django_eventsource import EventStore
+    from tests.helpers import all_events
+
+    if isinstance(store, EventStore):
+        return all_events(store, tenant_id)
+    return list(store.read_all(tenant_id=tenant_id))
+
+
 def fold_task_board(store: BaseEventStore, tenant_id: str | None = None) -> dict[Any, dict]:
     rows: dict[Any, dict] = {}
-    for stored in store.read_all(tenant_id=tenant_id):
+    for stored in _feed(store, tenant_id):
         key = (stored.tenant_id or "", stored.aggregate_id)
         event = stored.event
         if stored.event_type == "TaskCreated":
@@ -44,4 +55,31 @@ def task_board_rows(tenant_id: str | None = None) -> dict[Any, dict]:
             "last_event_id": row.last_event_id,
         }
         for row in queryset
+    }
+
+
+def fold_tenant_stats(store: BaseEventStore) -> dict[str, dict]:
+    """TenantStats per tenant, from every committed event in feed order."""
+    rows: dict[str, dict] = {}
+    for stored in _feed(store):
+        if stored.event_type not in ("TaskCreated", "TaskCompleted"):
+            continue
+        row = rows.setdefault(stored.tenant_id or "", {"tasks": 0, "completed": 0})
+        row["tasks" if stored.event_type == "TaskCreated" else "completed"] += 1
+        row["last_event_position"] = stored.position  # the last one in feed order
+        row["last_event_id"] = stored.event_id
+    return rows
+
+
+def tenant_stats_rows() -> dict[str, dict]:
+    from tests.testapp.models import TenantStats
+
+    return {
+        row.tenant_id: {
+            "tasks": row.tasks,
+            "completed": row.completed,
+            "last_event_position": row.last_event_position,
+            "last_event_id": row.last_event_id,
+        }
+        for row in TenantStats.objects.all()
     }

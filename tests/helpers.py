@@ -77,7 +77,7 @@ def start_command(db_url: str, *args: str, **extra: str) -> subprocess.Popen[str
     )
 
 
-def start_follower(db_url: str, *, handler_sleep: str) -> subprocess.Popen[str]:
+def start_follower(db_url: str, *, handler_sleep: str, **extra: str) -> subprocess.Popen[str]:
     """A ``replay_projections task_board --follow`` worker with short heartbeat and poll."""
     return start_command(
         db_url,
@@ -85,6 +85,7 @@ def start_follower(db_url: str, *, handler_sleep: str) -> subprocess.Popen[str]:
         TESTAPP_HANDLER_SLEEP=handler_sleep,
         EVENTSOURCE_HEARTBEAT_INTERVAL="0.3",
         EVENTSOURCE_POLL_INTERVAL="0.1",
+        **extra,
     )
 
 
@@ -96,3 +97,59 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def all_events(store: Any = None, tenant_id: str | None = None) -> list[Any]:
+    """Every committed event in feed order, read once the horizon lets them all through.
+
+    One ``read_all`` on a busy PostgreSQL cluster may hold committed events back for that
+    read only (the horizon counts transactions that ended while it was computed), so a test
+    that compares a read with what it committed re-reads until the read has them all (a
+    time-out, not an assertion on timing).
+    """
+    from django_eventsource import EventStore
+    from django_eventsource.models import Event
+    from django_eventsource.status import horizon_holder
+
+    store = store or EventStore()
+    committed = Event.objects.all()
+    if tenant_id is not None:
+        committed = committed.filter(tenant_id=tenant_id)
+    for _ in range(1200):
+        events = list(store.read_all(tenant_id=tenant_id))
+        if len(events) == committed.count():
+            return events
+        time.sleep(0.05)
+    raise AssertionError(f"The ordering horizon held the events back: {horizon_holder()}")
+
+
+def settled(store: Any = None) -> Any:
+    """Wait until every committed event is readable, and return the store.
+
+    On PostgreSQL, readers stop at the ordering horizon, which another test run sharing the
+    server can hold back for a while. The library never skips past it, so a test that runs
+    projections in-process waits for it first (a time-out, not an assertion on timing).
+    """
+    from django_eventsource import EventStore
+    from django_eventsource.models import Event
+    from django_eventsource.status import horizon_holder
+
+    store = store or EventStore()
+    for _ in range(1200):
+        if len(store.read_all()) == Event.objects.count():
+            return store
+        time.sleep(0.05)
+    raise AssertionError(f"The ordering horizon held the events back: {horizon_holder()}")
+
+
+def drop_shadow_schemas() -> None:
+    """Drop every shadow schema a shadow rebuild left (PostgreSQL): the test database's flush
+    between tests empties the tables, not the schemas."""
+    from django_eventsource.shadow import SCHEMA_PREFIX
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", [SCHEMA_PREFIX + "%"]
+        )
+        for (schema,) in cursor.fetchall():
+            cursor.execute(f'DROP SCHEMA "{schema}" CASCADE')

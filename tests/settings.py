@@ -29,8 +29,17 @@ if _default["ENGINE"].endswith("sqlite3"):
     # failing at once, and take it at BEGIN (no deadlock when a reader upgrades to a writer).
     _default["TEST"] = {"NAME": f"{_default['NAME']}.test"}
     _default.setdefault("OPTIONS", {}).update({"timeout": 30, "transaction_mode": "IMMEDIATE"})
+elif _sleep := env.str("EVENTSOURCE_TEST_HORIZON_SLEEP", default=""):
+    # Fault injection: every session's horizon function sleeps this long (seconds) between
+    # the reading statement's snapshot and its pg_locks read; the suite must still pass.
+    _default.setdefault("OPTIONS", {})["options"] = (
+        f"-c django_eventsource.horizon_test_sleep={float(_sleep)}"
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# The admin tests log users in by the hundred: a fast hasher (never for production).
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -72,4 +81,34 @@ EVENTSOURCE = {
     "POLL_INTERVAL": env.float("EVENTSOURCE_POLL_INTERVAL", default=0.05),
     "HEARTBEAT_INTERVAL": env.float("EVENTSOURCE_HEARTBEAT_INTERVAL", default=5.0),
     "RETRY_BACKOFF": 0.01,
+    "ERROR_POLICY": env.str("EVENTSOURCE_ERROR_POLICY", default="pause"),
+    "MAX_RETRIES": env.int("EVENTSOURCE_MAX_RETRIES", default=3),
+    "MAX_HELD_SECONDS": env.float("EVENTSOURCE_MAX_HELD_SECONDS", default=60.0),
+    # The counters' tenant labels are per process: the suite's many tenants must not push
+    # the ones a metrics test checks into "(other)" (a test of the limit sets its own).
+    "METRICS_MAX_TENANTS": 10_000,
 }
+
+if _log_file := env.str("EVENTSOURCE_TEST_LOG_FILE", default=""):
+    # A worker under test writes the library's log records as JSON lines, with the formatter
+    # configuration docs/howto/monitoring.md shows.
+    LOGGING = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "json": {
+                "()": "pythonjsonlogger.json.JsonFormatter",
+                "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            },
+        },
+        "handlers": {
+            "json": {"class": "logging.FileHandler", "filename": _log_file, "formatter": "json"},
+        },
+        "loggers": {
+            "django_eventsource": {
+                "handlers": ["json"],
+                "level": env.str("EVENTSOURCE_TEST_LOG_LEVEL", default="DEBUG"),
+                "propagate": False,
+            },
+        },
+    }

@@ -177,7 +177,7 @@ def test_e005_handler_for_an_unregistered_event_type() -> None:
 def test_e006_read_model_without_checkpoint_fields() -> None:
     class Notes(DeclarativeProjection):
         name = "checks_no_checkpoint"
-        models = (Note, TaskSummary)
+        models = (Note,)
         row_keys: ClassVar = {Note: "text"}
 
     [message] = our_messages()  # Note is listed twice, but reported once
@@ -208,6 +208,20 @@ def test_e007_inline_projection_in_another_database() -> None:
     assert "'checks_inline_elsewhere'" in message.msg
     assert "'reporting'" in message.msg
     assert message.obj is Elsewhere
+
+
+@pytest.mark.usefixtures("registry_snapshot")
+def test_e009_two_projections_write_one_model() -> None:
+    class SecondBoard(DeclarativeProjection):
+        name = "checks_second_board"
+        row_keys: ClassVar = {TaskSummary: "task_id"}  # task_board writes it too
+
+    [message] = our_messages()
+    assert message.id == "django_eventsource.E009"
+    assert "'task_board'" in message.msg and "'checks_second_board'" in message.msg
+    assert "testapp.TaskSummary" in message.msg
+    assert message.obj is TaskSummary
+    assert "one checkpoint" in (message.hint or "")
 
 
 @pytest.mark.usefixtures("registry_snapshot")

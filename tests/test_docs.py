@@ -59,3 +59,29 @@ def test_the_documented_help_is_the_real_help(command: str) -> None:
             f"docs/commands.md is out of date for {command}: paste `manage.py {command} "
             f"--help` (missing: {text!r})"
         )
+
+
+def test_every_setting_is_in_the_settings_reference() -> None:
+    """docs/settings.md has a row per key of ``EVENTSOURCE`` (LAG_SAMPLE_INTERVAL and
+    LAG_HISTORY_DAYS were missing, though the admin's docs sent readers there)."""
+    from django_eventsource.conf import DEFAULTS
+
+    rows = set(
+        re.findall(
+            r"^\| `([A-Z_]+)` \|", (ROOT / "docs" / "settings.md").read_text(), re.MULTILINE
+        )
+    )
+    assert rows == set(DEFAULTS)
+
+
+def test_replay_help_gives_the_workers_exit_code_as_the_guides_do() -> None:
+    """A ``--follow`` worker exits 1 for a lock it lost mid-batch and had not taken back
+    when it stopped, not for any lock lost mid-run (a plain failover exits 0), and for a
+    projection still failed when it stops: the help said less than the guides."""
+    instance = load_command_class("django_eventsource", "replay_projections")
+    said = normalise(str(instance.help))
+    for guide in ("workers.md", "status.md"):
+        assert "mid-batch" in normalise((ROOT / "docs" / "howto" / guide).read_text())
+    assert "--follow worker, what holds when it stops" in said
+    assert "a lock it lost mid-batch (the batch rolled back) and has not taken back" in said
+    assert "a projection still failed then" in said

@@ -136,12 +136,12 @@ def _backends() -> list[str]:
     return ["postgresql" if "postgresql" in settings.DATABASES["default"]["ENGINE"] else "sqlite"]
 
 
-def _postgres_database() -> Iterator[str]:
+def _postgres_database(suffix: str = "example") -> Iterator[str]:
     """A database of the example's own next to the test database; dropped afterwards."""
     import psycopg
 
     db = settings.DATABASES["default"]
-    name = f"{db['NAME']}_example"
+    name = f"{db['NAME']}_{suffix}"
     user, password = db.get("USER") or "postgres", db.get("PASSWORD") or ""
     host, port = db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
     params = {"dbname": "postgres", "user": user, "password": password, "host": host}
@@ -195,6 +195,7 @@ def example(
             database.close()  # runs the generator's finally: drops the database
 
 
+@pytest.mark.slow
 def test_migrate_and_admin_user(example: Example) -> None:
     assert "Applying django_eventsource.0001_initial... OK" in example.outputs["migrate"].stdout
     assert "Applying tasks.0001_initial... OK" in example.outputs["migrate"].stdout
@@ -202,6 +203,7 @@ def test_migrate_and_admin_user(example: Example) -> None:
     assert example.after_replay["admin"] is True  # logs in with DJANGO_SUPERUSER_PASSWORD
 
 
+@pytest.mark.slow
 def test_status_is_caught_up_after_the_replay(example: Example) -> None:
     before = example.outputs["check_before"].stderr
     assert "Check failed: tenant_boards" in before
@@ -220,6 +222,7 @@ def test_status_is_caught_up_after_the_replay(example: Example) -> None:
     example.manage("projection_status", "--check", "--max-lag", "0")  # exit code 0
 
 
+@pytest.mark.slow
 def test_read_models_match_the_events(example: Example) -> None:
     facts = example.after_replay
     events: dict[str, int] = facts["events"]
@@ -251,6 +254,7 @@ def test_read_models_match_the_events(example: Example) -> None:
     assert count("acme", "TaskCompleted") + count("globex", "TaskCompleted") > 0
 
 
+@pytest.mark.slow
 def test_running_it_again_appends_and_resumes_from_the_checkpoints(example: Example) -> None:
     """scripts/example is safe to run again: more history, caught up from the checkpoint."""
     before = sum(example.after_replay["events"].values())
@@ -280,6 +284,45 @@ def _howto_files() -> dict[str, str]:
     return {m["path"]: m["code"] for m in FILE_BLOCK.finditer(HOWTO.read_text())}
 
 
+#: The example's monitoring surfaces, through Django's test client in the example's process.
+MONITORING = textwrap.dedent(
+    """
+    import json
+    from django.test import Client
+    from prometheus_client.parser import text_string_to_metric_families
+    client = Client(HTTP_HOST="localhost")
+    health = client.get("/eventsource/health/")
+    metrics = client.get("/eventsource/metrics/")
+    lag = {
+        s.labels["projection"]: s.value
+        for family in text_string_to_metric_families(metrics.content.decode())
+        for s in family.samples
+        if s.name == "eventsource_lag_events"
+    }
+    print(json.dumps({"health": [health.status_code, health.json()], "lag": lag}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_the_example_serves_health_metrics_and_logs(example: Example) -> None:
+    """The wiring of the example: the health probe and the metrics are mounted, and its
+    LOGGING shows the library's records at EVENTSOURCE_LOG_LEVEL."""
+    example.replay()
+    out = example.manage("shell", "--no-imports", "-c", MONITORING).stdout
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen["health"] == [200, {"status": "ok", "problems": []}]
+    assert seen["lag"] == {"tenant_boards": 0, "task_cards": 0}
+    quiet = example.manage("replay_projections", "tenant_boards")
+    assert "django_eventsource" not in quiet.stderr  # WARNING by default: nothing to say
+    example.env["EVENTSOURCE_LOG_LEVEL"] = "INFO"
+    try:
+        logged = example.manage("replay_projections", "tenant_boards")
+    finally:
+        del example.env["EVENTSOURCE_LOG_LEVEL"]
+    assert re.search(r" INFO django_eventsource\.backends\.\S+ Took the ", logged.stderr)
+
+
 def test_the_howto_names_its_files() -> None:
     assert set(_howto_files()) == {
         "conftest.py",
@@ -290,6 +333,7 @@ def test_the_howto_names_its_files() -> None:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", _backends())
 def test_the_testing_howto_runs_in_the_example_project(backend: str, tmp_path: Path) -> None:
     """docs/howto/testing.md, copied file by file into a copy of the example project, and
@@ -332,3 +376,66 @@ def test_the_testing_howto_runs_in_the_example_project(backend: str, tmp_path: P
     )
     assert tests == 5
     assert re.search(rf"\b{tests} passed\b", output) and "skipped" not in output, output
+
+
+# Issue 15 item 13: the demo's defaults are safe enough for a demo ---------------------------
+
+
+def _import_settings(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Import the example's settings in a fresh interpreter with this environment."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
+    return subprocess.run(
+        [sys.executable, "-c", "import example_project.settings"],
+        cwd=EXAMPLE,
+        env={**base, "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_the_example_refuses_its_public_secret_key_without_debug(tmp_path: Path) -> None:
+    refused = _import_settings(tmp_path, DJANGO_DEBUG="False")
+    assert refused.returncode != 0
+    assert "DJANGO_SECRET_KEY is not set" in refused.stderr
+    assert (
+        _import_settings(tmp_path, DJANGO_DEBUG="False", DJANGO_SECRET_KEY="s" * 50).returncode
+        == 0
+    )
+    assert _import_settings(tmp_path).returncode == 0  # the demo: DEBUG on, constant key
+
+
+@pytest.mark.slow
+def test_the_example_sqlite_database_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    database = tmp_path / "demo.sqlite3"
+    assert _import_settings(tmp_path).returncode == 0
+    assert database.stat().st_mode & 0o777 == 0o600
+    database.chmod(0o644)  # made by an earlier version: tightened
+    assert _import_settings(tmp_path).returncode == 0
+    assert database.stat().st_mode & 0o777 == 0o600
+
+
+def test_scripts_example_never_prints_the_database_password() -> None:
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        from example_project.redact import redacted
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    assert redacted("postgres://app:s3cr%40t@db.example:5433/shop") == (
+        "postgres://app:***@db.example:5433/shop"
+    )
+    assert (
+        redacted("postgres://postgres@127.0.0.1:5432/x") == "postgres://postgres@127.0.0.1:5432/x"
+    )
+    assert redacted("sqlite:///example.sqlite3") == "sqlite:///example.sqlite3"
+    script = (ROOT / "scripts" / "example").read_text()
+    printing = [
+        line
+        for line in script.splitlines()
+        if re.match(r"\s*(step|echo|printf|cat)\b", line) and "DATABASE_URL" in line
+    ]
+    assert printing == []  # the script prints the redacted URL ($shown) only
+    assert 'step "Migrating $shown"' in script
+    assert "umask 077" in script

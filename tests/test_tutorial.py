@@ -15,8 +15,10 @@ How the tutorial's names map to ours:
   ``ahandle`` / ``asave`` / ``aload``.
 * ``hasattr(event, 'position')``: ``DomainEvent.position`` raises ``AttributeError`` until the
   store has given the event a position, so the test works as written.
-* ``async def _truncate_read_models(self)``: our rebuilds call it synchronously, with an
-  optional ``tenant_id``; it is a plain method here.
+* ``async def _truncate_read_models(self)``: our hook is a plain method with an optional
+  ``tenant_id`` (rebuilds also await an ``async def`` one); it is a plain method here.
+
+The tutorial as written, with ``django_eventsource.aio``, runs in test_tutorial_verbatim.py.
 * The tutorial's projection sets no ``name``, so it is not registered with the runner.
 """
 
@@ -26,6 +28,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from asgiref.sync import sync_to_async
 
 from django_eventsource import (
     BaseEventStore,
@@ -39,6 +42,7 @@ from django_eventsource import (
     projection_registry,
 )
 from tests.helpers import run_async as run
+from tests.helpers import settled
 from tests.testapp.events import TaskCreated
 
 # On PostgreSQL read_all() only returns committed events (its ordering horizon excludes
@@ -157,6 +161,7 @@ def test_tutorial(
     projection = main(store, checkpoint_store)
     last = store.head_position()
     assert printed(capsys) == [f"Checkpoint: {last}", "Tasks processed: 5"]
+    settled()
     assert [e.position for e in store.read_all()][-1] == last
     assert len(store.read_all()) >= 5
     assert set(projection.tasks.values()) == {f"Task {i}" for i in range(1, 6)}
@@ -210,6 +215,7 @@ def test_a_restarted_projection_resumes_from_its_checkpoint(
         store.append(event.aggregate_id, [event], expected_version=0)
         later[event.aggregate_id] = event.title
 
+    settled()
     restarted = CheckpointedProjection(checkpoint_store)
     assert restarted.resume(store) == 3  # only what came after the checkpoint
     assert restarted.tasks == later
@@ -239,6 +245,7 @@ def test_async_resume(stores: tuple[BaseEventStore, CheckpointStore]) -> None:
             event = TaskCreated(aggregate_id=uuid4(), title=f"Task {i}", aggregate_version=1)
             await store.aappend(event.aggregate_id, [event], expected_version=0)
             later[event.aggregate_id] = event.title
+        await sync_to_async(settled)()
         restarted = AsyncCheckpointedProjection(checkpoint_store)
         handled = await restarted.resume(store)
         assert restarted.tasks == later

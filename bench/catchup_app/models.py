@@ -15,3 +15,13 @@ class BenchItem(CheckpointedModel):
 
     class Meta:
         app_label = "catchup_app"
+
+
+class BenchPing(CheckpointedModel):
+    """``bench/shadow.py``: one row per ping, stamped when another projection applies it."""
+
+    ping_id = models.UUIDField(unique=True)
+    applied_at = models.FloatField(default=0.0)
+
+    class Meta:
+        app_label = "catchup_app"

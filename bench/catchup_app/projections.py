@@ -7,9 +7,10 @@ each event sets the label, adds ``n`` to the total and counts the change. The ra
 
 from __future__ import annotations
 
+import time
 from typing import ClassVar
 
-from bench.catchup_app.models import BenchItem
+from bench.catchup_app.models import BenchItem, BenchPing
 from django_eventsource import DeclarativeProjection, DomainEvent, handles, register_event
 
 EVENT_TYPE = "BenchItemChanged"
@@ -34,3 +35,25 @@ class BenchItems(DeclarativeProjection):
             row.label = event.label
             row.total += event.n
             row.changes += 1
+
+
+@register_event
+class Pinged(DomainEvent):
+    """``bench/shadow.py``: a ping whose commit-to-apply latency is measured."""
+
+    event_type: str = "BenchPinged"
+    aggregate_type: str = "BenchPing"
+
+
+class BenchPings(DeclarativeProjection):
+    """Another projection, followed by its own runner while ``bench_items`` is rebuilt: it
+    stamps each ping's row with the time it applied it."""
+
+    name = "bench_pings"
+    models = (BenchPing,)
+    row_keys: ClassVar = {BenchPing: "ping_id"}
+
+    @handles(Pinged)
+    def pinged(self, event: Pinged) -> None:
+        if row := self.row(BenchPing, event, ping_id=event.aggregate_id):
+            row.applied_at = time.time()

@@ -1,66 +1,118 @@
-"""The interface every event-store backend implements."""
+"""The interface every event-store backend implements.
+
+A backend is what differs between database vendors: the append statement and its ordering
+stamp, which rows a reader may see, how values come back from the driver, how one runner per
+projection is enforced, and whether followers can be woken. The store, the runner and the
+status code talk to it through this interface only; the SQL lives in the backend's module
+(``backends/postgresql/``, ``backends/sqlite.py``).
+"""
 
 from __future__ import annotations
 
+import os
+import socket
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
-from uuid import UUID
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
+from uuid import UUID, uuid4
+
+from django_eventsource.text import printable
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.backends.utils import CursorWrapper
+
+__all__ = ["AppendRow", "Backend", "Listener", "ProjectionLock", "runner_identity"]
 
 #: One event to append: (ordinal, event_id, event_type, schema_version, aggregate_type,
 #: payload JSON, metadata JSON, correlation_id, causation_id, occurred_at).
 AppendRow = tuple[int, UUID, str, int, str, str, str, UUID | None, UUID | None, datetime]
 
-INSERT_COLUMNS = (
-    "event_id, event_type, schema_version, tenant_id, aggregate_id, aggregate_type, "
-    "aggregate_version, payload, metadata, correlation_id, causation_id, occurred_at, "
-    "recorded_at, stamp"
-)
+
+def runner_identity() -> str:
+    """How a runner names itself to others: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class Backend:
-    """SQL fragments and value adapters for one database vendor."""
+class ProjectionLock(ABC):
+    """The lock that keeps one active runner per projection and tenant; ``acquire()`` never
+    blocks. Each backend supplies one (`Backend.projection_lock`)."""
 
-    vendor: str = ""
-    #: Whether follow mode can wake on LISTEN/NOTIFY (otherwise it polls).
-    supports_notify: bool = False
+    #: Whether holding the lock already means the state row names `owner` (a lease is
+    #: that row); otherwise the runner claims the row after acquiring the lock.
+    owns_state_row: ClassVar[bool] = False
+
+    def __init__(self, name: str, tenant_id: str | None, using: str, *, ttl: float = 30.0) -> None:
+        self.name = name
+        self.tenant_id = tenant_id
+        self.using = using
+        self.ttl = ttl
+        # Unique per lock object, so two runners in one process never share a lease.
+        self.owner = f"{runner_identity()}#{uuid4().hex[:6]}"
+        self.held = False
+
+    @abstractmethod
+    def acquire(self) -> bool:
+        """Take the lock if it is free (or already ours); never waits."""
+
+    def renew(self) -> bool:
+        """Keep holding the lock; False if it was lost (then stop working)."""
+        return self.held
+
+    @abstractmethod
+    def release(self) -> None:
+        """Let another runner take over."""
+
+    @abstractmethod
+    def holder(self) -> str:
+        """Who holds the lock now ("" if nobody)."""
+
+    # Log records of the lock's life, for the backends' loggers: the human text escaped,
+    # the fields in ``extra`` raw.
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"projection": self.name, "tenant": self.tenant_id, "owner": self.owner}
+
+    def describe(self) -> str:
+        tenant = f" (tenant {printable(self.tenant_id)})" if self.tenant_id else ""
+        return f"projection {printable(self.name)}{tenant}"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Listener(Protocol):
+    """A dedicated connection that wakes followers when events may have arrived (a hint)."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is gone (the follower then polls and reconnects)."""
+
+    def wait(self, timeout: float) -> None:
+        """Return after a notification or ``timeout`` seconds; close on a connection error."""
+
+    def close(self) -> None: ...
+
+
+#: The unique constraint on (tenant_id, aggregate_id, aggregate_version).
+VERSION_CONSTRAINT = "django_eventsource_event_stream_version"
+
+
+class Backend(ABC):
+    """What one database vendor supplies to the store, the runner and the status code."""
+
+    vendor: ClassVar[str]
     #: Whether the driver returns UUID and aware datetime columns as such (no conversion).
-    native_types: bool = False
+    native_types: ClassVar[bool] = False
     #: Whether rows carry a causal stamp that orders them (PostgreSQL). Without one, the
     #: position is commit order, and readers order and resume by it alone (index-backed).
-    stamped: bool = True
+    stamped: ClassVar[bool] = True
 
-    def stamp_sql(self, table: str) -> str:
-        """SQL computing the ordering stamp of rows inserted by the current statement."""
-        raise NotImplementedError
-
-    def horizon_sql(self) -> str | None:
-        """SQL for the exclusive upper bound on visible stamps, or None when all are visible."""
-        raise NotImplementedError
-
-    def notify_sql(self) -> str:
-        """Extra RETURNING expression that wakes followers (``""`` where unsupported)."""
-        return ""
-
-    def notify_params(self) -> list[Any]:
-        return []
-
-    def version_check(self, table: str, expected_version: int) -> tuple[str, str, list[Any]]:
-        """How an append checks the stream's version: ``(cte, condition, params)``.
-
-        ``cte`` defines ``cur.v``, the stream's current version, and ``condition`` filters the
-        inserted rows on it (no row is inserted when it is false).
-        """
-        cte = (
-            "WITH cur AS (SELECT COALESCE(MAX(aggregate_version), 0) AS v "
-            f"FROM {table} WHERE tenant_id = %s AND aggregate_id = %s) "
-        )
-        if expected_version >= 0:
-            return cte, "cur.v = %s", [expected_version]
-        if expected_version == -2:  # ExpectedVersion.STREAM_EXISTS
-            return cte, "cur.v > 0", []
-        return cte, "1 = 1", []
-
+    @abstractmethod
     def append_statement(
         self,
         table: str,
@@ -70,62 +122,73 @@ class Backend:
         recorded_at: datetime,
         rows: Sequence[AppendRow],
         expected_version: int,
+        guard: bool = False,
     ) -> tuple[str, list[Any]]:
-        """One INSERT … SELECT that checks the stream's version (``expected_version``),
-        assigns versions, computes the stamp and returns (position, version) per event."""
-        cte, condition, condition_params = self.version_check(table, expected_version)
-        row_sql = self.values_row_sql()
-        values: list[Any] = []
-        for row in rows:
-            values += [
-                row[0],
-                self.adapt_uuid(row[1]),
-                row[2],
-                row[3],
-                row[4],
-                row[5],
-                row[6],
-                self.adapt_uuid(row[7]),
-                self.adapt_uuid(row[8]),
-                self.adapt_datetime(row[9]),
-            ]
-        sql = (
-            f"{cte}INSERT INTO {table} ({INSERT_COLUMNS}) "
-            "SELECT v.column2, v.column3, v.column4, %s, %s, v.column5, cur.v + v.column1, "
-            "v.column6, v.column7, v.column8, v.column9, v.column10, %s, "
-            f"{self.stamp_sql(table)} "
-            f"FROM cur, (VALUES {', '.join([row_sql] * len(rows))}) AS v "
-            f"WHERE {condition} ORDER BY v.column1 "
-            f"RETURNING position, aggregate_version{self.notify_sql()}"
-        )
-        aggregate = self.adapt_uuid(aggregate_id)
-        params = [tenant_id, aggregate, tenant_id, aggregate, self.adapt_datetime(recorded_at)]
-        return sql, params + values + condition_params + self.notify_params()
+        """One statement that checks the stream's version (``expected_version``), assigns
+        versions, computes the stamp and returns ``(position, version)`` per event (no row
+        when the version check fails).
 
-    def cast(self, sql: str, type_name: str) -> str:
-        """``sql`` cast to the PostgreSQL type ``type_name`` where the backend needs it."""
-        return sql
+        With ``guard`` (the append runs inside the caller's transaction, with no savepoint
+        of its own) a unique violation must leave that transaction usable: the statement
+        either returns one row ``(None, None, constraint name)`` instead of raising, or
+        raises an ``IntegrityError`` that rolls back the statement alone (SQLite)."""
 
-    def values_row_sql(self) -> str:
-        """One row of the append's VALUES list (ordinal, event_id, type, schema version,
-        aggregate type, payload, metadata, correlation id, causation id, occurred_at)."""
-        types = ("int", "uuid", "text", "int", "text", "jsonb", "jsonb", "uuid", "uuid")
-        return "(" + ", ".join(self.cast("%s", t) for t in (*types, "timestamptz")) + ")"
+    def is_version_conflict(self, exc: Exception) -> bool:
+        """Whether an append's ``IntegrityError`` is the stream-version unique constraint
+        (another writer took the version), rather than anything else."""
+        return VERSION_CONSTRAINT in str(exc)
 
-    def adapt_uuid(self, value: UUID | None) -> Any:
-        return value
+    @abstractmethod
+    def horizon_sql(self) -> str | None:
+        """SQL for the exclusive upper bound on visible stamps, or None when all are visible."""
 
-    def adapt_datetime(self, value: datetime) -> Any:
-        return value
+    def momentarily_held(
+        self, cursor: CursorWrapper, where: Sequence[str], params: Sequence[Any]
+    ) -> bool:
+        """Whether a short read should be made again: committed events match ``where``
+        (the read's conditions, after its last event) and nothing holds the horizon for
+        real. Only meaningful with a horizon; where every committed event is visible at
+        once, False."""
+        return False
 
-    def to_uuid(self, value: Any) -> UUID | None:
-        if value is None or isinstance(value, UUID):
-            return value
-        return UUID(value)
+    @abstractmethod
+    def projection_lock(
+        self, name: str, tenant_id: str | None, using: str, *, ttl: float
+    ) -> ProjectionLock:
+        """The lock that keeps one active runner for this projection and tenant."""
 
-    def to_datetime(self, value: Any) -> datetime:
-        return value  # type: ignore[no-any-return]
+    @abstractmethod
+    def lock_new_rows(self, connection: BaseDatabaseWrapper, keys: Sequence[int]) -> None:
+        """Take the creation locks of new read-model rows (32-bit ``keys``) until the
+        caller's transaction ends, so that concurrent appends cannot both insert one row."""
 
-    def read_cursor(self, connection: Any) -> Any:
+    @abstractmethod
+    def lock_out_appends(self, connection: BaseDatabaseWrapper) -> None:
+        """Make appends wait until the caller's transaction ends, and wait for the appending
+        transactions already open to end (a rebuild's hand-over of an inline projection)."""
+
+    def listener(self, using: str) -> Listener | None:
+        """A connection that wakes followers on new events; None where they only poll."""
+        return None
+
+    @abstractmethod
+    def time_bucket_sql(self, column: str) -> str:
+        """SQL for the slice a timestamp column falls in: ``floor((epoch seconds - %s) * %s)``
+        as an integer (the parameters: the first slice's start, in epoch seconds, and slices
+        per second). Charts group by it, so the database reduces the samples."""
+
+    def read_cursor(self, connection: BaseDatabaseWrapper) -> CursorWrapper:
         """A cursor for reading events (Django's, wrapped for logging and error mapping)."""
         return connection.cursor()
+
+    def adapt_uuid(self, value: UUID | None) -> Any:
+        """A UUID as the driver takes it in raw SQL."""
+        return value
+
+    def to_uuid(self, value: Any) -> UUID:
+        """A (non-null) UUID column as read by the driver, as a UUID."""
+        return value if isinstance(value, UUID) else UUID(value)
+
+    def to_datetime(self, value: Any) -> datetime:
+        """A datetime column as read by the driver, as an aware datetime."""
+        return value  # type: ignore[no-any-return]

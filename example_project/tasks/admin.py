@@ -72,7 +72,7 @@ class EventAdmin(ReadModelAdmin):
 
 
 class ProjectionStateAdmin(ReadModelAdmin):
-    list_display = ("name", "tenant_id", "status", "position", "events_processed", "updated_at")
+    list_display = ("name", "tenant_id", "status", "position", "heartbeat_at", "updated_at")
 
 
 for model, model_admin in ((Event, EventAdmin), (ProjectionState, ProjectionStateAdmin)):

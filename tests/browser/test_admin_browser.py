@@ -23,7 +23,7 @@ from tests.factories import task_history
 from tests.integration.test_admin import poisoned, run, settled
 from tests.testapp.events import TaskCreated
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 PASSWORD = "correct horse battery staple"
 
@@ -125,6 +125,9 @@ def test_failed_projection_error_event_and_dead_letter(ui: Admin) -> None:
 
     # The failed event is linked to the read-only event browser.
     ui.driver.find_element(By.CSS_SELECTOR, "a.es-event-link").click()
+    # The detail page has a pre.es-json too (its traceback): wait for the event's page, or
+    # the element found may be the old page's (a WebDriverException under load).
+    ui.wait().until(lambda d: "/django_eventsource/event/" in d.current_url)
     ui.wait().until(lambda d: d.find_elements(By.CSS_SELECTOR, "pre.es-json"))
     assert f"#{poison} TaskRenamed" in ui.driver.title or str(poison) in ui.driver.page_source
     assert '"title": "boom"' in ui.driver.find_element(By.CSS_SELECTOR, "pre.es-json").text

@@ -18,7 +18,8 @@ def main(name: str, batch_size: str, tenant: str | None = None) -> None:
 
     projection = projection_registry.get(name)()
     print("started", flush=True)
-    result = catch_up(projection, batch_size=int(batch_size), tenant_id=tenant)
+    # wait_for_lock: the killed predecessor's lock may take a moment to go.
+    result = catch_up(projection, batch_size=int(batch_size), tenant_id=tenant, wait_for_lock=True)
     print(f"done {result.position}", flush=True)
 
 

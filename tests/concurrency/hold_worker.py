@@ -1,6 +1,7 @@
 """Appends one event inside a transaction and holds it open until told to finish.
 
-``python -m tests.concurrency.hold_worker <aggregate id>``: prints ``holding <position>``,
+``python -m tests.concurrency.hold_worker <aggregate id>``: prints ``holding <position>
+<backend pid>``,
 then reads one line from stdin: ``commit`` or ``rollback``; prints ``done``.
 """
 
@@ -18,7 +19,7 @@ def main(aggregate_id: str) -> None:
     import django
 
     django.setup()
-    from django.db import transaction
+    from django.db import connection, transaction
 
     from django_eventsource import EventStore
     from tests.testapp.events import Counted
@@ -28,7 +29,12 @@ def main(aggregate_id: str) -> None:
     try:
         with transaction.atomic():
             [stored] = store.append(stream, [Counted(aggregate_id=stream, writer=99)])
-            print(f"holding {stored.position}", flush=True)
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_backend_pid()" if connection.vendor == "postgresql" else "SELECT 0"
+                )
+                backend = cursor.fetchone()[0]
+            print(f"holding {stored.position} {backend}", flush=True)
             if sys.stdin.readline().strip() != "commit":
                 raise Rollback
     except Rollback:

@@ -10,14 +10,16 @@ the events, and still stop gracefully (exit 0) on SIGTERM.
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from django.db import connection
 
 from django_eventsource import EventStore, ProjectionState
-from django_eventsource.locks import lock_key
+from django_eventsource.backends.postgresql.locks import lock_key
 from tests import helpers
 from tests.factories import task_history
 from tests.fold import fold_task_board, task_board_rows
@@ -50,7 +52,9 @@ def lock_holder() -> int | None:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1",
+            "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1 "
+            # Advisory locks are per database: other test runs on the server hold this key too.
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             [(KEY >> 32) & 0xFFFFFFFF, KEY & 0xFFFFFFFF],
         )
         row = cursor.fetchone()
@@ -84,10 +88,18 @@ def terminate(pid: int) -> bool:
         return bool(cursor.fetchone()[0])
 
 
-def test_follow_reconnects_after_its_backends_are_terminated(child_db_url: str) -> None:
+def test_follow_reconnects_after_its_backends_are_terminated(
+    child_db_url: str, tmp_path: Path
+) -> None:
     store = EventStore()
     task_history(store, tasks=10, renames=2, seed=61)
-    worker = start_follower(child_db_url, handler_sleep="0.02")
+    log = tmp_path / "worker.jsonl"
+    worker = start_follower(
+        child_db_url,
+        handler_sleep="0.02",
+        EVENTSOURCE_TEST_LOG_FILE=str(log),
+        EVENTSOURCE_TEST_LOG_LEVEL="INFO",
+    )
     try:
         assert wait_for(lambda: position() == store.head_position()), "never caught up"
         assert wait_for(lambda: listener() is not None), "never listened"
@@ -137,6 +149,18 @@ def test_follow_reconnects_after_its_backends_are_terminated(child_db_url: str) 
     assert worker.returncode == 0, err
     assert "Database unavailable" in err, err
     assert wait_for(lambda: lock_holder() is None)  # the server lets go once the process is gone
+    # What the operator's logs say: the outage, the reconnect, the lock's session and LISTEN.
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    down = [r for r in records if r["message"].startswith("The database is unavailable")]
+    assert down and all(
+        r["name"] == "django_eventsource.runner" and r["levelname"] == "WARNING" for r in down
+    )
+    assert all(r["error_type"] in ("OperationalError", "InterfaceError") for r in down)
+    back = [r for r in records if r["message"].startswith("Reconnected to the database")]
+    assert back and all(r["levelname"] == "INFO" and r["down_seconds"] > 0 for r in back)
+    sessions = [r for r in records if "The session holding the lock" in r["message"]]
+    assert sessions and {r["projection"] for r in sessions} == {"task_board"}
+    assert any(r["name"].endswith(".listen") and r["levelname"] == "WARNING" for r in records)
 
 
 def test_active_and_standby_both_survive(child_db_url: str) -> None:

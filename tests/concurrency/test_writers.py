@@ -34,6 +34,7 @@ def start_hold(db_url: str, stream: str) -> tuple[subprocess.Popen[str], int]:
     if not line.startswith("holding "):
         worker.kill()
         raise AssertionError(f"worker did not start: {line!r} {worker.communicate()[1]}")
+    worker.backend_pid = int(line.split()[2])  # type: ignore[attr-defined]  # PostgreSQL's
     return worker, int(line.split()[1])
 
 

@@ -82,9 +82,9 @@ def operator(django_user_model) -> Client:
 def settled(store: EventStore | None = None) -> EventStore:
     """Wait until every committed event is readable, and return the store.
 
-    On PostgreSQL, readers stop at the ordering horizon: the oldest transaction with an id
-    on the whole server, which may belong to another test run sharing it. The library never
-    skips past it, so the test waits for it (a time-out, not an assertion on timing).
+    On PostgreSQL, readers stop at the ordering horizon: the oldest transaction that
+    appended events and has not ended. The library never skips past it, so the test waits
+    for it (a time-out, not an assertion on timing).
     """
     store = store or EventStore()
     for _ in range(1200):
@@ -269,6 +269,67 @@ def test_retry_without_a_failed_event_says_so(operator: Client) -> None:
     assert state().status == "paused"
 
 
+def test_pause_and_resume_of_a_rebuild_go_back_to_the_rebuild(operator: Client) -> None:
+    """Before: resume made a paused rebuild ``idle``; the rebuild was forgotten."""
+    from django_eventsource import state as transitions
+
+    store = EventStore()
+    task_history(store, tasks=3, seed=9)
+    transitions.begin_rebuild("task_board", None, "default")  # a rebuild, interrupted
+    operator.post(action("task_board", "pause"), {"tenant": ""})
+    assert (state().status, state().suspended_rebuild) == ("paused", True)
+    response = operator.post(action("task_board", "resume"), {"tenant": ""}, follow=True)
+    assert (state().status, state().suspended_rebuild) == ("rebuilding", False)
+    assert "Resumed task_board. It was paused or failed in the middle of its rebuild" in (
+        " ".join(messages_of(response))
+    )
+    assert "run rebuild_projections task_board" in " ".join(messages_of(response))
+    run()  # a runner carries the rebuild on
+    assert state().status == "idle"
+    assert task_board_rows() == fold_task_board(store)
+
+
+@pytest.mark.parametrize("operate", ["retry", "dead_letter"])
+def test_retry_or_dead_letter_of_a_failed_rebuild_go_back_to_the_rebuild(
+    operator: Client, operate: str
+) -> None:
+    """An event failed in a rebuild's replay: retrying it, or setting it aside, returns the
+    projection to its rebuild, which then carries on from its checkpoint. Before, both made
+    it ``idle``: the next rebuild started over (and failed on the same event again)."""
+    from django_eventsource.rebuild import rebuild
+
+    store = EventStore()
+    task_history(store, tasks=2, renames=0, seed=1)
+    bad = uuid4()
+    store.append(bad, [TaskCreated(aggregate_id=bad, title="ok")])
+    [poison] = store.append(bad, [TaskRenamed(aggregate_id=bad, title="boom")])
+    task_history(store, tasks=2, renames=0, seed=2)
+    settled(store)
+    response = operator.post(
+        action("task_board", "rebuild"), {"tenant": "", "confirm": "yes"}, follow=True
+    )
+    assert (
+        f"then it failed on event #{poison.position}; see its last error. Once the handler "
+        "is fixed, retry the event: the rebuild carries on from there."
+    ) in " ".join(messages_of(response))
+    assert (state().status, state().suspended_rebuild) == ("failed", True)
+    data = {"tenant": "", "confirm": "yes"} if operate == "dead_letter" else {"tenant": ""}
+    response = operator.post(action("task_board", operate), data, follow=True)
+    said = " ".join(messages_of(response))
+    assert "in the middle of its rebuild, which carries on from its checkpoint" in said
+    after = state()
+    assert (after.status, after.suspended_rebuild, after.owner) == ("rebuilding", False, "")
+    if operate == "retry":
+        assert f"will retry event #{poison.position}" in said
+        return
+    assert after.position == poison.position
+    result = rebuild(TaskBoard())  # resumes from the checkpoint (a reset would fail again)
+    assert not result.failed
+    assert state().status == "idle"
+    [letter] = DeadLetter.objects.all()
+    assert (letter.event_position, letter.resolved_at) == (poison.position, None)
+
+
 def test_dead_letter_asks_for_confirmation_then_sets_the_event_aside(operator: Client) -> None:
     store = EventStore()
     poison = poisoned(store)
@@ -308,6 +369,58 @@ def test_rebuild_asks_for_confirmation_then_replays(operator: Client) -> None:
         action("task_board", "rebuild"), {"tenant": "", "confirm": "yes"}, follow=True
     )
     assert f"replayed {len(settled(store).read_all())} events" in " ".join(messages_of(response))
+    assert task_board_rows() == fold_task_board(store)
+    assert state().status == "idle" and state().position == store.head_position()
+
+
+def test_a_rebuild_that_loses_its_lock_says_so(
+    operator: Client, settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said "Rebuilt task_board: replayed N events" (before that, the runner's private
+    _LockLost was a server error). The handler hands the state row to "a successor"
+    inside a batch, as a runner that took over would."""
+    from tests.testapp import projections
+
+    settings.EVENTSOURCE = {**settings.EVENTSOURCE, "HEARTBEAT_INTERVAL": 0.001}
+    task_history(EventStore(), tasks=10, seed=22)
+    run()
+    monkeypatch.setattr(projections, "TAKEOVER_AFTER", projections._handled + 5)
+    response = operator.post(
+        action("task_board", "rebuild"), {"tenant": "", "confirm": "yes"}, follow=True
+    )
+    after = state()
+    assert (after.status, after.owner) == ("rebuilding", "a successor")
+    expected = (
+        f"The rebuild of task_board lost its lock to a successor at event #{after.position}; "
+        "that runner continues the replay."
+    )
+    assert messages_of(response) == [expected]
+
+
+def test_rebuild_without_downtime_asks_then_swaps(operator: Client) -> None:
+    store = EventStore()
+    task_history(store, tasks=6, renames=2, seed=4)
+    run()
+    from tests.testapp.models import TaskSummary
+
+    TaskSummary.objects.update(title="tampered")
+    if connection.vendor != "postgresql":
+        assert "rebuild_shadow_selected" not in operator.get(PROJECTIONS).content.decode()
+        response = operator.post(
+            action("task_board", "rebuild_shadow"), {"tenant": "", "confirm": "yes"}, follow=True
+        )
+        assert "not supported on the 'sqlite' backend" in " ".join(messages_of(response))
+        assert set(TaskSummary.objects.values_list("title", flat=True)) == {"tampered"}
+        return
+    assert "rebuild_shadow_selected" in operator.get(PROJECTIONS).content.decode()
+    response = operator.post(action("task_board", "rebuild_shadow"), {"tenant": ""})
+    assert response.status_code == 200 and "are you sure?" in response.content.decode()
+    assert set(TaskSummary.objects.values_list("title", flat=True)) == {"tampered"}
+    settled(store)
+    response = operator.post(
+        action("task_board", "rebuild_shadow"), {"tenant": "", "confirm": "yes"}, follow=True
+    )
+    assert "without downtime" in " ".join(messages_of(response))
     assert task_board_rows() == fold_task_board(store)
     assert state().status == "idle" and state().position == store.head_position()
 
@@ -420,10 +533,14 @@ def test_dashboard_offers_the_actions_that_apply(operator: Client, viewer: Clien
         rows = client.get(LAG).context["rows"]
         return {i["row"].projection: [a["spec"].name for a in i["actions"]] for i in rows}
 
+    shadow = ["rebuild_shadow"] if connection.vendor == "postgresql" else []  # SQLite: refused
     assert offered(operator) == {
-        "task_board": ["pause", "retry", "dead_letter", "rebuild"],
-        "task_index": ["rebuild"],  # inline: runs inside each append, a pause would not hold
-        "tenant_stats": ["resume", "rebuild"],
+        "task_board": ["pause", "retry", "dead_letter", "rebuild", *shadow],
+        "task_index": [
+            "rebuild",
+            *shadow,
+        ],  # inline: runs inside each append, a pause would not hold
+        "tenant_stats": ["resume", "rebuild", *shadow],
     }
     assert offered(viewer) == {"task_board": [], "task_index": [], "tenant_stats": []}
 
@@ -465,7 +582,13 @@ def test_detail_shows_the_error_and_links_the_failed_event(viewer: Client) -> No
     assert "the handler refuses the title &#x27;boom&#x27;" in page
 
 
-def test_horizon_holder_is_reported(viewer: Client, vendor: str) -> None:
+@pytest.mark.parametrize("appends", [True, False], ids=["appending", "other-writes"])
+def test_horizon_holder_is_reported(
+    viewer: Client, django_user_model, vendor: str, appends: bool
+) -> None:
+    """Only a transaction that appended events and has not committed holds projections
+    back, so only such a one is shown; its SQL only to superusers (it may show other
+    users' data), never to a view-only user."""
     one_event()
     if vendor != "postgresql":
         assert 'id="horizon-holder"' not in viewer.get(LAG).content.decode()
@@ -473,11 +596,12 @@ def test_horizon_holder_is_reported(viewer: Client, vendor: str) -> None:
     started, done = threading.Event(), threading.Event()
 
     def hold() -> None:
-        # A transaction with an id (it wrote a row) that stays open.
         with connections["default"].cursor() as cursor:
             cursor.execute("BEGIN")
+            if appends:  # what an append does first
+                cursor.execute("LOCK TABLE django_eventsource_event IN ROW EXCLUSIVE MODE")
             cursor.execute("CREATE TEMP TABLE horizon_probe (id int)")
-            cursor.execute("SELECT pg_current_xact_id()")
+            cursor.execute("SELECT pg_current_xact_id() AS secret_query_marker")
             started.set()
             done.wait(30)
             cursor.execute("ROLLBACK")
@@ -488,10 +612,19 @@ def test_horizon_holder_is_reported(viewer: Client, vendor: str) -> None:
     try:
         assert started.wait(30)
         page = viewer.get(LAG).content.decode()
+        boss = django_user_model.objects.create_superuser("boss", password="x")
+        superuser = Client()
+        superuser.force_login(boss)
+        admin_page = superuser.get(LAG).content.decode()
     finally:
         done.set()
         thread.join()
+    if not appends:
+        assert 'id="horizon-holder"' not in page
+        return
     assert 'id="horizon-holder"' in page and "Ordering horizon" in page
+    assert "secret_query_marker" not in page
+    assert "secret_query_marker" in admin_page
 
 
 # Event browser --------------------------------------------------------------------------
@@ -633,11 +766,77 @@ def test_dead_letter_retry_action(django_user_model, operator: Client, viewer: C
 
     response = operator.post(DEAD_LETTERS, post, follow=True)
     text = " ".join(messages_of(response))
-    assert "applied and resolved" in text and "failed again" in text
+    assert "failed again" in text
+    # The runner applied that event long ago: the retry says so, it does not claim it.
+    assert f"Event #{good.position} was already in the read model" in text
+    assert "Applied and resolved" not in text
     letter.refresh_from_db()
     fine.refresh_from_db()
     assert letter.resolved_at is None and letter.attempts == 5  # the poison fails again
-    assert fine.resolved_at is not None
+    assert fine.resolved_at is not None and fine.resolution == "held"
+
+
+def test_dead_letters_show_their_stream_and_what_they_wait_behind(operator: Client) -> None:
+    store = EventStore()
+    poison = poisoned(store)  # task_board failed on it (pause policy)
+    letter = control.dead_letter_failed("task_board")
+    bad = letter.aggregate_id
+    assert bad is not None
+    [later] = store.append(bad, [TaskRenamed(aggregate_id=bad, title="later")])
+    assert not run().failed  # the later rename is parked, not a gap error
+    parked = DeadLetter.objects.get(event_position=later.position)
+    assert parked.parked_behind == poison
+    page = operator.get(DEAD_LETTERS).content.decode()
+    assert f"{bad} v2" in page and f"{bad} v3" in page  # the stream column
+    assert "waits behind" in page and f">#{poison}</a>" in page
+    # Retrying the parked letter retries its stream: the poison still fails first.
+    post = {"action": "retry_selected", "_selected_action": [parked.pk], "index": 0}
+    text = " ".join(messages_of(operator.post(DEAD_LETTERS, post, follow=True)))
+    assert f"Nothing was applied. Event #{poison} failed again" in text
+    assert DeadLetter.objects.filter(resolved_at=None).count() == 2
+
+
+def test_projection_pages_show_unresolved_dead_letters(viewer: Client) -> None:
+    store = EventStore()
+    poisoned(store)
+    control.dead_letter_failed("task_board")
+    query = "projection__exact=task_board&amp;tenant_id__exact=&amp;resolved_at__isempty=1"
+    link = f'<a class="es-dead-letters" href="{DEAD_LETTERS}?{query}">1</a>'
+    for page in (PROJECTIONS, LAG, detail("task_board")):
+        assert link in viewer.get(page).content.decode(), page
+    listed = viewer.get(DEAD_LETTERS + "?" + query.replace("&amp;", "&"))
+    assert [str(letter) for letter in listed.context["cl"].result_list] == [
+        str(DeadLetter.objects.get())
+    ]
+
+
+def test_the_detail_page_shows_no_counter_that_nothing_keeps(viewer: Client) -> None:
+    store = EventStore()
+    task_history(store, tasks=2, seed=6)
+    run()
+    page = viewer.get(detail("task_board")).content.decode()
+    assert "Events processed" not in page  # the field nothing wrote is gone
+    assert "Attempts" in page
+
+
+def test_a_filtered_event_list_never_claims_a_count_it_did_not_make(viewer: Client) -> None:
+    """The look-ahead count is a lower bound: the search bar says "more than N", as the
+    footer does, instead of Django's "N results" (it said "151 results")."""
+    store = EventStore()
+    task_history(store, tasks=60, renames=3, seed=9)
+    settled(store)
+    response = viewer.get(EVENTS, {"aggregate_type": "Task"})  # every event, filtered
+    paginator = response.context["cl"].paginator
+    assert not paginator.is_exact, "the history is long enough to need the look-ahead"
+    page = response.content.decode()
+    assert f"more than {paginator.limit} results" in page
+    assert f"{paginator.count} results" not in page
+    assert f"more than {paginator.limit} events" in page  # the footer agrees
+    # A short list is counted exactly, and says its real count.
+    exact = viewer.get(EVENTS, {"event_type": "TaskCompleted"})
+    assert exact.context["cl"].paginator.is_exact
+    count = exact.context["cl"].result_count
+    assert f"{count} results" in exact.content.decode()
 
 
 # Reusable: importable, subclassable, unregistrable ------------------------------------

@@ -25,7 +25,6 @@ from django_eventsource import (
     InMemoryEventStore,
     ProjectionError,
 )
-from django_eventsource import aggregates as aggregates_module
 from django_eventsource.aggregates import (
     AggregateRoot,
     DatabaseSnapshotStore,
@@ -34,6 +33,7 @@ from django_eventsource.aggregates import (
     SnapshotRecord,
     applies,
 )
+from django_eventsource.aggregates import repository as repository_module
 from django_eventsource.exceptions import AggregateNotFound
 from django_eventsource.models import Event, Snapshot
 from tests.helpers import run_async
@@ -274,7 +274,7 @@ def test_save_refuses_another_aggregate_class(repo: Repository[Task]) -> None:
 def test_replay_reads_long_streams_in_pages(
     repo: Repository[Task], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(aggregates_module, "REPLAY_PAGE", 3)
+    monkeypatch.setattr(repository_module, "REPLAY_PAGE", 3)
     task = Task.create("0")
     for n in range(1, 10):
         task.rename(str(n))

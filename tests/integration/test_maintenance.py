@@ -184,6 +184,7 @@ def test_rebase_keeps_ties_and_needs_few_stamps() -> None:
 
 @pytest.mark.postgres
 @pytest.mark.skipif(not ON_POSTGRES, reason=PG_ONLY)
+@pytest.mark.slow
 def test_rebase_cli(child_db_url: str) -> None:
     store = EventStore()
     task_history(store, tasks=5, seed=41)

@@ -325,7 +325,7 @@ def test_a_gap_over_a_handled_type_is_still_detected_by_a_partial_projection(
 # Handler errors ---------------------------------------------------------------------------
 
 
-def test_a_failing_handler_leaves_the_batch_and_checkpoint_unwritten(store: EventStore) -> None:
+def test_a_failing_handler_stops_catch_up_just_before_its_event(store: EventStore) -> None:
     checkpoints = DatabaseCheckpointStore()
     earlier = lifecycle(store, "earlier")
     result = catch_up(TaskBoard(), event_store=store)
@@ -350,8 +350,12 @@ def test_a_failing_handler_leaves_the_batch_and_checkpoint_unwritten(store: Even
     assert "task_board" in str(error)
     assert "boom" in str(error)
 
-    assert task_board_rows() == rows_before  # the good events of the batch are rolled back
-    assert checkpoints.load("task_board") == earlier[-1].position
+    # The worker's loop: the good events before it are applied and checkpointed, the
+    # failing event's transaction rolled back, and the projection is failed.
+    assert task_board_rows() != rows_before
+    assert checkpoints.load("task_board") == store.read_all().events[-1 - 3 - 1].position
+    state = ProjectionState.objects.get(name="task_board")
+    assert (state.status, state.failed_event_position) == ("failed", bad.position)
 
 
 def test_a_failing_handler_via_handle_writes_nothing(store: EventStore) -> None:

@@ -91,6 +91,7 @@ def watch_rebuild(db_url: str, *flags: str) -> tuple[list[dict[Any, dict]], str]
     return seen, err
 
 
+@pytest.mark.slow
 def test_readers_never_see_a_half_built_projection(child_db_url: str) -> None:
     store = EventStore()
     task_history(store, tasks=40, seed=5)
@@ -105,6 +106,7 @@ def test_readers_never_see_a_half_built_projection(child_db_url: str) -> None:
     assert seen[0] == before and seen[-1] == expected
 
 
+@pytest.mark.slow
 def test_without_atomic_readers_see_the_projection_fill_up(child_db_url: str) -> None:
     """The control experiment: the check above does catch a half-built projection."""
     store = EventStore()

@@ -160,12 +160,26 @@ def test_follow_applies_new_events_until_stopped() -> None:
 
 
 class TakenOver(TaskBoard):
-    """While it applies a rename, another runner takes the projection over (the state row
-    names a new owner), as happens when this runner's lock session dies mid-batch."""
+    """While it applies a rename, another runner takes the projection over (it claims the
+    state row from another connection), as happens when this runner's lock session dies
+    mid-batch."""
+
+    claim: threading.Thread | None = None
 
     @handles(TaskRenamed)
     def renamed(self, event: TaskRenamed) -> None:
-        ProjectionState.objects.filter(name="task_board").update(owner="another runner")
+        def claim() -> None:
+            try:
+                ProjectionState.objects.filter(name="task_board").update(owner="another runner")
+            finally:
+                connections.close_all()
+
+        if TakenOver.claim is None:
+            TakenOver.claim = threading.Thread(target=claim)
+            TakenOver.claim.start()
+            TakenOver.claim.join(0.5)
+            # The batch's checkpoint already locked the state row: the claim waits for it.
+            assert TakenOver.claim.is_alive()
         super().renamed(event)
 
 
@@ -173,14 +187,72 @@ def test_a_runner_that_lost_its_projection_cannot_commit_a_batch() -> None:
     store = EventStore()
     task_history(store, tasks=3, renames=1, seed=9)
     events = store.read_all().events
-    before = next(i for i, e in enumerate(events) if e.event_type == "TaskRenamed")
+    rename = next(i for i, e in enumerate(events) if e.event_type == "TaskRenamed")
 
-    result = ProjectionRunner([TakenOver()], batch_size=1).run_until_caught_up()
+    def between_batches(kind: str, **data: object) -> None:
+        if kind == "batch" and TakenOver.claim is not None:
+            TakenOver.claim.join(30)  # the claim goes through as soon as the batch commits
 
-    assert result.locked == ["task_board"]
+    TakenOver.claim = None
+    runner = ProjectionRunner([TakenOver()], batch_size=1, progress_callback=between_batches)
+    result = runner.run_until_caught_up()
+    assert TakenOver.claim is not None and not TakenOver.claim.is_alive()
+
+    assert result.lost == ["task_board"] and result.locked == []
     state = ProjectionState.objects.get(name="task_board")
-    assert state.position == events[before - 1].position  # the rename's batch rolled back
-    assert sum(row["events_applied"] for row in task_board_rows().values()) == before
-    # The runner that really holds it carries on from there.
+    # The batch in hand when the other runner claimed the projection committed first (the
+    # claim waited for it); the next batch could not commit.
+    assert state.owner == "another runner"
+    assert state.position == events[rename].position
+    assert sum(row["events_applied"] for row in task_board_rows().values()) == rename + 1
+    # When the other runner lets go, a runner carries on from there.
+    ProjectionState.objects.filter(name="task_board").update(owner="", lease_until=None)
     assert ProjectionRunner([TaskBoard()]).run_until_caught_up().locked == []
     assert task_board_rows() == fold_task_board(store)
+
+
+def test_a_lock_in_another_database_is_neither_ours_nor_named(vendor: str) -> None:
+    """Advisory locks belong to one database, but pg_locks lists every database's: a runner
+    of the same projection in another database of the server (another project, another
+    test run) neither holds ours nor is named as its holder."""
+    if vendor != "postgresql":
+        pytest.skip(
+            "advisory locks are PostgreSQL's; test_a_lease_names_its_own_owner is the twin"
+        )
+    import psycopg
+
+    from django_eventsource.backends.postgresql.locks import lock_key
+
+    settings = connections["default"].settings_dict
+    other = psycopg.connect(
+        dbname="postgres",
+        user=settings.get("USER") or "postgres",
+        host=settings.get("HOST") or "127.0.0.1",
+        port=settings.get("PORT") or 5432,
+        autocommit=True,
+    )
+    try:
+        other.execute("SELECT pg_advisory_lock(%s)", [lock_key("task_board", None)])
+        lock = lock_for("task_board", None, "default")
+        assert lock.holder() == ""
+        assert lock.acquire()
+        try:
+            assert f"pid {other.info.backend_pid}" not in lock.holder()
+        finally:
+            lock.release()
+    finally:
+        other.close()
+
+
+def test_a_lease_names_its_own_owner(vendor: str) -> None:
+    """The SQLite twin: the lease is a row of this database, and holder() names it."""
+    if vendor != "sqlite":
+        pytest.skip("the PostgreSQL test is test_a_lock_in_another_database_is_neither_…")
+    lock = lock_for("task_board", None, "default")
+    assert lock.holder() == ""
+    assert lock.acquire()
+    try:
+        assert lock.holder().startswith(lock.owner)
+        assert not lock_for("task_board", None, "default").acquire()
+    finally:
+        lock.release()

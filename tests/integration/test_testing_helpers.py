@@ -19,7 +19,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 
 from django_eventsource import (
     DatabaseCheckpointStore,
@@ -27,6 +27,9 @@ from django_eventsource import (
     InMemoryCheckpointStore,
     InMemoryEventStore,
     ProjectionError,
+    ProjectionLocked,
+    ProjectionSkipped,
+    handles,
 )
 from django_eventsource.models import Event, ProjectionState
 from django_eventsource.testing import (
@@ -43,7 +46,7 @@ from tests.factories import (
     task_history,
 )
 from tests.helpers import ROOT, run_async
-from tests.testapp.events import TaskCreated
+from tests.testapp.events import TaskCreated, TaskRenamed
 from tests.testapp.models import TaskIndex, TaskSummary, TenantStats
 from tests.testapp.projections import TaskBoard, TenantStatsProjection
 
@@ -135,7 +138,7 @@ def test_given_events_keeps_tenants_apart_and_states_the_expected_version() -> N
     ]
     # Each append states the exact version (1 here), so an event that claims another one
     # is refused rather than appended wherever the stream happens to be.
-    with pytest.raises(ValueError, match="expected_version=1 but"):
+    with pytest.raises(ValueError, match="expected_version: 1, but"):
         given_events(
             store,
             TaskRenamedFactory.build(aggregate_id=task, tenant_id="acme", aggregate_version=5),
@@ -205,9 +208,116 @@ def test_run_projections_raises_the_handlers_error(
         run_projections(TaskBoard)
     assert caught.value.position == poison[0].position
     assert isinstance(caught.value.__cause__, ValueError)
-    # The failing batch rolled back, rows and checkpoint together.
-    assert DatabaseCheckpointStore().load("task_board") is None
+    # As a worker does: the events before it are applied, the checkpoint stays just before
+    # it, and the projection is failed (a worker would skip it, and so does a second run).
+    assert DatabaseCheckpointStore().load("task_board") == poison[0].position - 1
+    assert TaskSummary.objects.get().events_applied == 1
+    state = ProjectionState.objects.get(name="task_board")
+    assert (state.status, state.failed_event_position) == ("failed", poison[0].position)
+    with pytest.raises(ProjectionSkipped, match="is failed"):
+        run_projections(TaskBoard)
+
+
+# run_projections runs the worker's loop -----------------------------------------------------
+
+
+def test_run_projections_keeps_status_like_a_worker(
+    event_store: EventStore, run_projections
+) -> None:
+    given_events(event_store, *stream(TaskCreatedFactory, TaskCompletedFactory))
+    run_projections(TaskBoard)
+    state = ProjectionState.objects.get(name="task_board")
+    # A worker's catch-up: running while it works, idle when it let go, with a heartbeat.
+    assert (state.status, state.owner) == ("idle", "")
+    assert state.heartbeat_at is not None and state.last_progress_at is not None
+
+
+def test_run_projections_refuses_a_projection_another_runner_holds(
+    event_store: EventStore, run_projections
+) -> None:
+    """The worker's lock: while another runner holds the projection, run_projections does
+    not run it beside it."""
+    from django_eventsource.locks import lock_for
+
+    given_events(event_store, *stream(TaskCreatedFactory))
+    lock = lock_for("task_board", None, "default")
+    assert lock.acquire()
+    try:
+        with pytest.raises(ProjectionLocked) as info:
+            run_projections(TaskBoard)
+        assert info.value.projection == "task_board"
+    finally:
+        lock.release()
     assert not TaskSummary.objects.exists()
+    run_projections(TaskBoard)
+    assert TaskSummary.objects.count() == 1
+
+
+class TakenOverInTests(TaskBoard):
+    """While it applies a rename, another runner claims the projection (from another
+    connection, as a successor does)."""
+
+    claim: threading.Thread | None = None
+
+    @handles(TaskRenamed)
+    def renamed(self, event: TaskRenamed) -> None:
+        def claim() -> None:
+            try:
+                ProjectionState.objects.filter(name="task_board").update(owner="a successor")
+            finally:
+                connections.close_all()
+
+        if TakenOverInTests.claim is None:
+            TakenOverInTests.claim = threading.Thread(target=claim)
+            TakenOverInTests.claim.start()
+            TakenOverInTests.claim.join(0.3)  # it waits for this batch's lock on the row
+        super().renamed(event)
+
+
+def test_run_projections_is_fenced_like_a_worker(event_store: EventStore, run_projections) -> None:
+    """The worker's fence: once another runner has claimed the projection, the next batch
+    cannot commit, and the test hears of it (ProjectionLocked)."""
+    task = uuid4()
+    given_events(
+        event_store,
+        *stream(TaskCreatedFactory, TaskRenamedFactory, aggregate_id=task),
+        *stream(TaskCreatedFactory, TaskCompletedFactory),
+    )
+    TakenOverInTests.claim = None
+
+    def between_batches(kind: str, **data: object) -> None:
+        if kind == "batch" and TakenOverInTests.claim is not None:
+            TakenOverInTests.claim.join(30)
+
+    from django_eventsource import catch_up
+
+    with pytest.raises(ProjectionLocked):
+        catch_up(
+            TakenOverInTests(),
+            event_store=event_store,
+            batch_size=1,
+            progress_callback=between_batches,
+        )
+    state = ProjectionState.objects.get(name="task_board")
+    assert state.owner == "a successor"
+    # The batch with the rename committed before the claim; nothing after it did.
+    assert TaskSummary.objects.get(task_id=task).renames == 1
+    assert TaskSummary.objects.count() == 1
+
+
+def test_run_projections_skips_a_paused_projection_like_a_worker(
+    event_store: EventStore, run_projections
+) -> None:
+    from django_eventsource import control
+
+    given_events(event_store, *stream(TaskCreatedFactory))
+    control.pause("task_board")
+    with pytest.raises(ProjectionSkipped, match="is paused"):
+        run_projections(TaskBoard)
+    assert not TaskSummary.objects.exists()
+    control.resume("task_board")
+    run_projections(TaskBoard)
+    assert TaskSummary.objects.count() == 1
 
 
 def test_run_projections_refuses_what_is_not_a_projection(run_projections) -> None:
@@ -250,11 +360,12 @@ def test_run_projections_inside_atomic_sees_committed_events() -> None:
 
 
 @contextmanager
-def horizon_holder_session() -> Iterator[Callable[[], None]]:
-    """Another PostgreSQL session with a writing transaction left open; yields its rollback.
+def horizon_holder_session(*, appends: bool = True) -> Iterator[Callable[[], None]]:
+    """Another PostgreSQL session with a transaction left open; yields its rollback.
 
-    It holds the ordering horizon back for the whole server, so events committed after it
-    began stay invisible to readers until it ends.
+    With ``appends`` it is an event writer (it holds ROW EXCLUSIVE on the event table, as an
+    append does first): events committed after it took its id stay invisible to readers
+    until it ends. Without, it only holds a transaction id, which holds nobody back.
     """
     import psycopg
 
@@ -266,6 +377,8 @@ def horizon_holder_session() -> Iterator[Callable[[], None]]:
         host=s.get("HOST") or "127.0.0.1",
         port=int(s.get("PORT") or 5432),
     ) as other:
+        if appends:
+            other.execute("LOCK TABLE django_eventsource_event IN ROW EXCLUSIVE MODE")
         other.execute("SELECT pg_current_xact_id()")  # takes a transaction id
         yield other.rollback
 
@@ -289,6 +402,22 @@ def test_run_projections_waits_for_what_an_open_transaction_holds_back(vendor: s
     assert TaskSummary.objects.count() == 2
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_open_transaction_that_appended_nothing_holds_nothing_back(vendor: str) -> None:
+    """PostgreSQL's horizon is writer-scoped: a transaction with an id that never appended
+    (a data migration on other tables, an idle session) does not make run_projections wait."""
+    store = EventStore()
+    if vendor != "postgresql":
+        given_events(store, *stream(TaskCreatedFactory))
+        results = run_projections(TaskBoard, event_store=store, timeout=0)
+    else:
+        with horizon_holder_session(appends=False) as end:
+            given_events(store, *stream(TaskCreatedFactory))
+            results = run_projections(TaskBoard, event_store=store, timeout=0)
+            end()
+    assert results["task_board"].events_applied == 1
+
+
 # Optional dependencies ------------------------------------------------------------------------
 
 
@@ -307,6 +436,7 @@ def _python(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_without_factory_boy_the_factory_says_what_to_install(tmp_path: Path) -> None:
     done = _python(
         """
@@ -328,6 +458,7 @@ def test_without_factory_boy_the_factory_says_what_to_install(tmp_path: Path) ->
     assert 'pip install "django-eventsource[testing]"' in done.stdout
 
 
+@pytest.mark.slow
 def test_without_pytest_the_helpers_still_import(tmp_path: Path) -> None:
     done = _python(
         """
@@ -342,6 +473,7 @@ def test_without_pytest_the_helpers_still_import(tmp_path: Path) -> None:
     assert done.stdout.split() == ["False", "True"]
 
 
+@pytest.mark.slow
 def test_the_plugin_without_pytest_django_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["django_eventsource.testing"]\n')
     (tmp_path / "test_nothing.py").write_text("def test_nothing():\n    pass\n")

@@ -58,6 +58,9 @@ def test_defaults_table_lists_every_key_in_upper_case() -> None:
         "PROJECTIONS": (),
         "LAG_SAMPLE_INTERVAL": 60.0,
         "LAG_HISTORY_DAYS": 7,
+        "MAX_HELD_SECONDS": 60.0,
+        "MAX_LAG": None,
+        "METRICS_MAX_TENANTS": 20,
     }
     assert ERROR_POLICIES == ("pause", "dead_letter")
 
@@ -150,6 +153,8 @@ def test_valid_non_default_values(settings: Any) -> None:
         "PROJECTIONS": ["a.b"],
         "LAG_SAMPLE_INTERVAL": 0,
         "LAG_HISTORY_DAYS": 1,
+        "MAX_LAG": 0,
+        "METRICS_MAX_TENANTS": 0,
     }
     assert validate() == ([], [])
 
@@ -184,6 +189,14 @@ def test_unknown_keys(settings: Any) -> None:
         ("LAG_SAMPLE_INTERVAL", -1, "must not be negative, not -1"),
         ("LAG_HISTORY_DAYS", 0, "must be positive, not 0"),
         ("LAG_HISTORY_DAYS", 1.5, "must be int, not float"),
+        ("MAX_HELD_SECONDS", -1, "must be a finite number of seconds >= 0, not -1"),
+        ("MAX_HELD_SECONDS", float("nan"), "must be a finite number of seconds >= 0, not nan"),
+        ("MAX_HELD_SECONDS", float("inf"), "must be a finite number of seconds >= 0, not inf"),
+        ("MAX_HELD_SECONDS", "60", "must be int or float, not str"),
+        ("MAX_LAG", -1, "must be None or an int >= 0, not -1"),
+        ("MAX_LAG", 10.5, "must be int or NoneType, not float"),
+        ("METRICS_MAX_TENANTS", -1, "must not be negative, not -1"),
+        ("METRICS_MAX_TENANTS", None, "must be int, not NoneType"),
     ],
 )
 def test_bad_values(settings: Any, key: str, value: Any, message: str) -> None:

@@ -12,7 +12,7 @@ from uuid import UUID, uuid4
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from pydantic import ValidationError
+from pydantic import PrivateAttr, ValidationError
 
 from django_eventsource import events as events_module
 from django_eventsource.events import (
@@ -403,3 +403,79 @@ def test_loading_an_unknown_type_reports_its_position() -> None:
     assert info.value.position == 12
     assert "'Vanished'" in str(info.value)
     assert "position 12" in str(info.value)
+
+
+# Building an event: the private-attribute setup and the event type default, made cheaper
+# (issue 19), behave as pydantic's own.
+
+
+class Positioned(DomainEvent):
+    event_type: str = "Positioned"
+    n: int = 0
+
+
+class PositionedChild(Positioned):
+    m: int = 0
+
+
+post_inits: list[str] = []
+
+
+class WithPostInit(DomainEvent):
+    event_type: str = "WithPostInit"
+
+    def model_post_init(self, context: Any, /) -> None:
+        post_inits.append(type(self).__name__)
+
+
+class WithPostInitChild(WithPostInit):
+    pass
+
+
+class WithAnotherPrivate(DomainEvent):
+    event_type: str = "WithAnotherPrivate"
+    _cache: int = PrivateAttr(default=5)
+
+
+@pytest.mark.parametrize("cls", [Positioned, PositionedChild, Unnamed, DomainEvent])
+def test_a_new_event_has_its_position_slot_and_nothing_else(cls: type[DomainEvent]) -> None:
+    def new() -> DomainEvent:
+        return cls(aggregate_id=uuid4(), **({"amount": 1} if cls is Unnamed else {}))
+
+    for event in (
+        new(),
+        cls.model_validate(new().model_dump()),
+        cls.model_construct(aggregate_id=uuid4()),
+        new().model_copy(update={"aggregate_version": 3}),
+    ):
+        assert event.__pydantic_private__ == {"_position": None}
+        assert not hasattr(event, "position")
+    # Each event its own slot: stamping one leaves a new one unstamped.
+    first = new()
+    first._position = 7
+    assert first.position == 7
+    assert new().__pydantic_private__ == {"_position": None}
+
+
+def test_a_post_init_of_its_own_still_runs_after_the_private_setup() -> None:
+    post_inits.clear()
+    for cls in (WithPostInit, WithPostInitChild):
+        event = cls(aggregate_id=uuid4())
+        assert event.__pydantic_private__ == {"_position": None}
+    assert post_inits == ["WithPostInit", "WithPostInitChild"]
+
+
+def test_another_private_attribute_gets_its_default() -> None:
+    event = WithAnotherPrivate(aggregate_id=uuid4())
+    assert event.__pydantic_private__ == {"_position": None, "_cache": 5}
+
+
+def test_the_event_type_default_without_the_input_copy() -> None:
+    stream = uuid4()
+    data = {"aggregate_id": stream}
+    assert Positioned.model_validate(data).event_type == "Positioned"
+    assert data == {"aggregate_id": stream}  # the caller's dict is not changed
+    assert Positioned(aggregate_id=stream, event_type="").event_type == "Positioned"
+    assert Positioned(aggregate_id=stream, event_type=None).event_type == "Positioned"  # type: ignore[arg-type]
+    assert Unnamed(aggregate_id=stream, amount=1).event_type == "Unnamed"
+    assert Renamed(aggregate_id=stream).event_type == Renamed.default_event_type()

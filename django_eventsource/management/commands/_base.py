@@ -10,7 +10,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
+from django_eventsource import control
+from django_eventsource.conf import MAX_BATCH_SIZE
+from django_eventsource.exceptions import UnknownTenant
 from django_eventsource.projections import Projection, projection_registry
+from django_eventsource.store import BaseEventStore
+from django_eventsource.text import printable
 
 
 class ProjectionCommand(BaseCommand):
@@ -20,7 +25,10 @@ class ProjectionCommand(BaseCommand):
     all_by_default = True
     #: Whether a bare run (no names, no --all) leaves inline projections out.
     skip_inline_by_default = False
-    tenant_help = "Only this tenant's events, rows and checkpoint."
+    tenant_help = (
+        "Only this tenant's events, rows and checkpoint. A tenant no event carries and the "
+        "projection has no state for (a typo) is refused."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -47,7 +55,7 @@ class ProjectionCommand(BaseCommand):
     @staticmethod
     def add_batch_size_argument(parser: CommandParser) -> None:
         """``--batch-size``, for the commands that apply events (checked by
-        :meth:`check_batch_size`)."""
+        `check_batch_size`)."""
         parser.add_argument(
             "--batch-size",
             type=int,
@@ -57,9 +65,13 @@ class ProjectionCommand(BaseCommand):
 
     @staticmethod
     def check_batch_size(options: dict[str, Any]) -> None:
-        """CommandError (exit 1, nothing changed) for a batch size below 1."""
-        if options["batch_size"] is not None and options["batch_size"] <= 0:
+        """CommandError (exit 1, nothing changed) for a batch size outside 1 to
+        ``MAX_BATCH_SIZE``, before anything is changed."""
+        size = options["batch_size"]
+        if size is not None and size <= 0:
             raise CommandError("--batch-size must be a positive integer.")
+        if size is not None and size > MAX_BATCH_SIZE:
+            raise CommandError(f"--batch-size must be at most {MAX_BATCH_SIZE:,}, not {size}.")
 
     def resolve(self, names: list[str], options: dict[str, Any]) -> list[Projection]:
         """Projection instances for the names given; CommandError naming the known ones."""
@@ -96,6 +108,40 @@ class ProjectionCommand(BaseCommand):
             )
         return [projection_registry.get(name)() for name in dict.fromkeys(names)]
 
+    @staticmethod
+    def check_tenant(
+        projections: list[Projection],
+        tenant: str | None,
+        store: BaseEventStore,
+        *,
+        any_of: bool = False,
+    ) -> None:
+        """CommandError (exit 1, nothing written) for a ``--tenant`` that a projection does
+        not know (``any_of``: that none of them knows): the same rule as the admin's
+        ([`control.projection_known`][django_eventsource.control.projection_known]). A run
+        for it would create its state row, which would then show forever; a status check
+        of it would check nothing and pass."""
+        if tenant == "":
+            raise CommandError(
+                "--tenant '' is not a tenant id: leave --tenant out for every tenant's "
+                "events, or name one tenant."
+            )
+        refused: UnknownTenant | None = None
+        for projection in projections:
+            try:
+                control.check_tenant(projection.label, tenant, event_store=store)
+            except UnknownTenant as exc:
+                if not any_of:
+                    raise CommandError(printable(exc)) from exc
+                refused = refused or exc
+            except ValueError as exc:
+                raise CommandError(f"--tenant: {printable(exc)}.") from exc
+            else:
+                if any_of:
+                    return
+        if refused is not None:
+            raise CommandError(printable(refused)) from refused
+
     def check_database(self, options: dict[str, Any]) -> str | None:
         alias = options.get("database")
         if alias is not None and alias not in connections:
@@ -108,9 +154,14 @@ class ProjectionCommand(BaseCommand):
 class ProgressPrinter:
     """Turns runner progress callbacks into ``migrate``-style lines (or a live bar on a TTY)."""
 
-    def __init__(self, command: BaseCommand, verbosity: int, *, every: float = 2.0) -> None:
+    def __init__(
+        self, command: BaseCommand, verbosity: int, *, every: float = 2.0, subject: str = ""
+    ) -> None:
         self.command = command
         self.verbosity = verbosity
+        #: What the lines are about besides the projection (``shadow build``), named after
+        #: it: a shadow's failure is not the live projection's.
+        self.subject = subject
         self.every = every
         self.heads: dict[str, int] = {}
         self.started: dict[str, float] = {}
@@ -120,7 +171,9 @@ class ProgressPrinter:
 
     def __call__(self, kind: str, **data: Any) -> None:
         out, style = self.command.stdout, self.command.style
-        name = data.get("projection", "")
+        name = printable(data.get("projection", ""))
+        if self.subject:
+            name += f" ({self.subject})"
         if kind == "start":
             self.heads[name] = data.get("head", 0)
             self.started[name] = time.monotonic()
@@ -162,12 +215,13 @@ class ProgressPrinter:
             ]
             self.command.stderr.write(
                 style.ERROR(
-                    f"  {name}: {label} at event #{data.get('position')}: {data.get('error')}"
+                    f"  {name}: {label} at event #{data.get('position')}: "
+                    f"{printable(data.get('error'))}"
                 )
             )
         elif kind in ("locked", "standby"):
             if self.verbosity >= 1:
-                holder = data.get("holder") or "another runner"
+                holder = printable(data.get("holder") or "another runner")
                 out.write(
                     style.WARNING(
                         f"  {name}: held by {holder}; waiting as a standby"
@@ -175,10 +229,20 @@ class ProgressPrinter:
                         else f"  {name}: held by {holder}; skipped"
                     )
                 )
+        elif kind == "lock_lost":
+            self._close_bar(name)
+            holder = printable(data.get("holder") or "another runner")
+            self.command.stderr.write(
+                style.ERROR(f"  {name}: lost its lock to {holder}; the batch in hand rolled back")
+            )
         elif kind == "took_over" and self.verbosity >= 1:
             out.write(style.NOTICE(f"  {name}: took over"))
         elif kind == "skipped" and self.verbosity >= 1:
-            out.write(style.WARNING(f"  {name}: {data.get('status')}; skipped (resume it first)"))
+            out.write(
+                style.WARNING(
+                    f"  {name}: {printable(data.get('status'))}; skipped (resume it first)"
+                )
+            )
         elif kind == "reset" and self.verbosity >= 1:
             out.write(f"  {name}: rows and checkpoint reset")
         elif kind == "signal" and self.verbosity >= 1:
@@ -187,11 +251,14 @@ class ProgressPrinter:
             )
         elif kind == "disconnected" and self.verbosity >= 1:
             self.command.stderr.write(
-                style.WARNING(f"Database unavailable ({data.get('error')}); retrying...")
+                style.WARNING(
+                    f"Database unavailable ({printable(data.get('error'))}); retrying..."
+                )
             )
 
     def _progress_line(self, name: str, data: dict[str, Any]) -> str:
-        head = self.heads.get(name, 0)
+        # A follower passes the head it saw at its start: never print "at 9025 of 9021".
+        head = max(self.heads.get(name, 0), data.get("position") or 0)
         done = data.get("total", 0)
         elapsed = max(time.monotonic() - self.started.get(name, time.monotonic()), 1e-9)
         rate = done / elapsed

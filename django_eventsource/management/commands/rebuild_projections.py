@@ -6,10 +6,20 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
-from django_eventsource.exceptions import ProjectionLocked, RebuildAborted
+from django_eventsource.control import find_state
+from django_eventsource.exceptions import (
+    NotSupportedOnBackend,
+    ProjectionLocked,
+    RebuildAborted,
+    RebuildRefused,
+)
 from django_eventsource.management.commands._base import ProgressPrinter, ProjectionCommand
-from django_eventsource.rebuild import plan_rebuild, rebuild
+from django_eventsource.projections import Projection
+from django_eventsource.rebuild import RebuildPlan, plan_rebuild, rebuild
+from django_eventsource.runner import RunResult
+from django_eventsource.shadow import check_shadow_rebuild, find_shadow_build
 from django_eventsource.store import EventStore
+from django_eventsource.text import printable
 
 
 class Command(ProjectionCommand):
@@ -17,8 +27,11 @@ class Command(ProjectionCommand):
         "Delete the rows of the named projections (their models' rows, or what their "
         "_truncate_read_models() hook removes), reset "
         "their checkpoints and replay every event in batches. Resumes an interrupted "
-        "rebuild. Refuses while a live runner holds a projection (or waits with --wait). "
-        "Readers see the projection fill up as it rebuilds, unless --atomic."
+        "rebuild. Refuses while a live runner holds a projection (or waits with --wait), "
+        "unless --shadow. Readers see the projection fill up as it rebuilds, unless --atomic "
+        "or --shadow. Exits 1 when a rebuild is refused, fails, loses its lock or is stopped "
+        "(SIGINT/SIGTERM: after the batch in hand; run it again to resume), and leaves the "
+        "projections after it alone."
     )
     requires_migrations_checks = True
     all_by_default = False
@@ -37,7 +50,10 @@ class Command(ProjectionCommand):
         )
         self.add_batch_size_argument(parser)
         parser.add_argument(
-            "--wait", action="store_true", help="Wait for a live runner to release the projection."
+            "--wait",
+            action="store_true",
+            help="Wait for a live runner to release the projection (not with --shadow, "
+            "which leaves it running).",
         )
         parser.add_argument(
             "--atomic",
@@ -45,8 +61,20 @@ class Command(ProjectionCommand):
             help=(
                 "Reset and replay in one transaction: readers keep seeing the old rows until "
                 "the new ones commit at once. Not resumable (a failure or a stop rolls it all "
-                "back); holds PostgreSQL's ordering horizon (other projections lag meanwhile) "
-                "or SQLite's write lock for as long as it runs."
+                "back); on SQLite it holds the write lock for as long as it runs (on PostgreSQL "
+                "it holds back other projections only if its handlers append events)."
+            ),
+        )
+        parser.add_argument(
+            "--shadow",
+            action="store_true",
+            help=(
+                "Rebuild without downtime (PostgreSQL): build the projection's tables in a "
+                "shadow schema while the live ones keep serving and being applied, then swap "
+                "them in one short transaction. Readers see the old rows until the swap and "
+                "the new ones after. Resumes an interrupted shadow build (--restart discards "
+                "it). Needs twice the disk of the tables while it runs; refuses --tenant, "
+                "foreign keys into or out of the tables, and SQLite."
             ),
         )
         parser.add_argument(
@@ -60,29 +88,46 @@ class Command(ProjectionCommand):
         projections = self.resolve(list(options["names"]) + list(names), options)
         store = EventStore(self.check_database(options))
         tenant = options["tenant"]
-        plans = [plan_rebuild(p, tenant_id=tenant, event_store=store) for p in projections]
-        for plan in plans:
-            resuming = plan.resuming and not options["atomic"]  # atomic always starts over
-            action = "resume the interrupted rebuild of" if resuming else "delete"
-            rows = (
-                ""
-                if resuming
-                else f" {plan.rows} row{'' if plan.rows == 1 else 's'} of {', '.join(plan.tables) or 'no tables'} and"
+        if options["shadow"] and options["atomic"]:
+            raise CommandError("Choose --atomic or --shadow, not both.")
+        if options["shadow"] and options["wait"]:
+            raise CommandError(
+                "--wait waits for a live runner to release the projection; a --shadow "
+                "rebuild leaves the live runner running, so it has nothing to wait for. Drop "
+                "--wait."
             )
-            self.stdout.write(
-                f"{plan.projection}: will {action}{rows} replay up to {plan.events} events"
-                + (f" (tenant {tenant})" if tenant else "")
-                + "."
-            )
+        try:
+            if options["shadow"]:  # it refuses any --tenant: say that first
+                for projection in projections:
+                    check_shadow_rebuild(projection, tenant)
+            self.check_tenant(projections, tenant, store)  # before a state row is created
+            plans = [plan_rebuild(p, tenant_id=tenant, event_store=store) for p in projections]
+        except (RebuildRefused, NotSupportedOnBackend) as exc:
+            raise CommandError(str(exc)) from exc
+        # The plan: always for a dry run and before the question; else not at -v0.
+        if options["verbosity"] >= 1 or options["dry_run"] or options["interactive"]:
+            for plan, projection in zip(plans, projections, strict=True):
+                self.stdout.write(self._plan_line(plan, projection, options))
         if options["dry_run"]:
             self.stdout.write("Dry run: nothing was changed.")
             return
         if options["interactive"]:
-            answer = input("Type 'yes' to continue: ")
+            try:
+                answer = input("Type 'yes' to continue: ")
+            except (EOFError, KeyboardInterrupt):  # no terminal to answer, or Ctrl-C
+                raise CommandError(
+                    "Rebuild cancelled: no answer (pass --noinput to rebuild without "
+                    "asking). Nothing was changed."
+                ) from None
             if answer.strip().lower() != "yes":
                 raise CommandError("Rebuild cancelled.")
-        printer = ProgressPrinter(self, options["verbosity"])
-        for projection in projections:
+        printer = ProgressPrinter(
+            self, options["verbosity"], subject="shadow build" if options["shadow"] else ""
+        )
+        for index, projection in enumerate(projections):
+            # Whatever ends the command early leaves these alone: say so.
+            rest = [p.label for p in projections[index + 1 :]]
+            left = f" Not rebuilt: {', '.join(rest)}." if rest else ""
             try:
                 result = rebuild(
                     projection,
@@ -93,15 +138,118 @@ class Command(ProjectionCommand):
                     wait=options["wait"],
                     restart=options["restart"],
                     atomic=options["atomic"],
+                    shadow=options["shadow"],
                     install_signal_handlers=True,
                 )
             except RebuildAborted as exc:
-                raise CommandError(str(exc), returncode=1) from exc
+                raise CommandError(printable(f"{exc}{left}"), returncode=1) from exc
+            except (RebuildRefused, NotSupportedOnBackend) as exc:
+                raise CommandError(printable(f"{exc}{left}")) from exc
             except ProjectionLocked as exc:
-                raise CommandError(
-                    f"{exc} Nothing was changed. Stop that runner, or run again with --wait."
-                ) from exc
-            if result.failed:
-                raise CommandError(
-                    f"Rebuild of {projection.label!r} failed; see projection_status.", returncode=1
+                raise CommandError(printable(self._locked(exc, options) + left)) from exc
+            ended, text = self._outcome(projection, tenant, result, options)
+            if ended == "error":
+                raise CommandError(printable(text + left), returncode=1)
+            if ended == "stopped":  # a signal: stop here (exit 0), say where and what is left
+                self.stdout.write(self.style.WARNING(text + left))
+                break
+
+    def _plan_line(self, plan: RebuildPlan, projection: Projection, options: Any) -> str:
+        name, tenant = printable(plan.projection), options["tenant"]
+        if options["shadow"]:
+            build = find_shadow_build(plan.projection, projection.database)
+            if build is None:
+                start = "build "
+            elif options["restart"]:
+                start = f"discard its shadow build (at event #{build.position}) and build "
+            else:
+                failed = (
+                    f"; it failed at event #{build.failed_position} last time: "
+                    f"{printable(build.error)}"
+                    if build.failed_position is not None
+                    else ""
                 )
+                start = f"resume its shadow build (at event #{build.position}{failed}) of "
+            return (
+                f"{name}: will {start}{', '.join(plan.tables)} in a shadow schema, replaying "
+                f"up to {plan.events} events, then swap it in; the {plan.rows} live "
+                f"row{'' if plan.rows == 1 else 's'} keep serving until then."
+            )
+        # An atomic rebuild and --restart start over; otherwise an interrupted one resumes.
+        resuming = plan.resuming and not options["atomic"] and not options["restart"]
+        tables = ", ".join(plan.tables) or "no tables"
+        if resuming:
+            action = f"resume the interrupted rebuild of {tables} from event #{plan.position} and"
+        else:
+            action = f"delete {plan.rows} row{'' if plan.rows == 1 else 's'} of {tables} and"
+        return (
+            f"{name}: will {action} replay up to {plan.events} events"
+            + (f" (tenant {printable(tenant)})" if tenant else "")
+            + "."
+        )
+
+    @staticmethod
+    def _locked(error: ProjectionLocked, options: Any) -> str:
+        label = error.projection
+        if options["shadow"]:  # the lock of another shadow build: --wait does not wait
+            return (
+                f"Another shadow rebuild of {label!r} is running. Nothing was changed; let it "
+                "finish (stopped, its shadow is kept and the next one resumes it)."
+            )
+        if options["wait"]:  # stopped (a signal) while it waited
+            return f"Stopped while waiting for the lock of {label!r}. Nothing was changed."
+        return f"{error} Nothing was changed (--wait waits for it)."
+
+    def _outcome(
+        self,
+        projection: Projection,
+        tenant: str | None,
+        result: RunResult,
+        options: Any,
+    ) -> tuple[str, str]:
+        """How the rebuild ended, to say: ``("", "")`` when it finished, ``("stopped",
+        line)`` when a signal stopped it (exit 0, the next projections are left alone),
+        ``("error", message)`` to exit 1 with."""
+        label = projection.label
+        name = printable(label)
+        if options["shadow"]:
+            if result.swap_seconds is not None:
+                self.stdout.write(
+                    f"{name}: swapped the shadow tables in ({result.events_applied} events "
+                    f"replayed; the swap took {result.swap_seconds * 1000:.0f} ms)."
+                )
+                return "", ""
+            build = find_shadow_build(label, projection.database)
+            built = f", built up to event #{build.position}" if build else ""
+            return "stopped", (
+                f"{name}: the shadow rebuild stopped before its swap{built}; the live tables "
+                f"still serve, nothing was swapped: run rebuild_projections {name} --shadow "
+                "again to resume it."
+            )
+        state = find_state(label, tenant)
+        where = f"event #{state.position or 0}" if state else "its start"
+        again = name + (f" --tenant {printable(tenant)}" if tenant else "")
+        if result.lost:
+            holder = state.owner if state and state.owner else "another runner"
+            return "error", (
+                f"Rebuild of {label!r} lost its lock to {holder} at {where}: the batch in "
+                "hand was rolled back. It stays rebuilding, and the runner that holds it now "
+                "continues the replay from there."
+            )
+        if result.failed:
+            error = state.last_error.split("\n\n", 1)[0] if state else "see projection_status"
+            return "error", (
+                f"Rebuild of {label!r} failed: {error}. It is failed, rebuilt up to {where}: "
+                "fix the handler, then retry the event (admin, or control.retry()) and "
+                f"rebuild_projections {again} carries the rebuild on from there (run without "
+                "the retry, it starts over)."
+            )
+        if result.stopped:
+            run = result.result_for(label)
+            return "stopped", (
+                f"{name}: the rebuild stopped at event #{run.position if run else 0} before "
+                "it caught up; the read model is half-built until it is resumed: run "
+                f"rebuild_projections {again} again (a catch-up of it, replay_projections "
+                f"{again}, resumes it too)."
+            )
+        return "", ""
