@@ -29,8 +29,9 @@ class Command(ProjectionCommand):
         "their checkpoints and replay every event in batches. Resumes an interrupted "
         "rebuild. Refuses while a live runner holds a projection (or waits with --wait), "
         "unless --shadow. Readers see the projection fill up as it rebuilds, unless --atomic "
-        "or --shadow. Exits 1 when a rebuild is refused, fails, loses its lock or is stopped "
-        "(SIGINT/SIGTERM: after the batch in hand; run it again to resume), and leaves the "
+        "or --shadow. SIGINT/SIGTERM stops it after the batch in hand and exits 0 (run it "
+        "again to resume), except --atomic, which rolls back and exits 1. Exits 1 when a "
+        "rebuild is refused, fails or loses its lock. Either way it says so and leaves the "
         "projections after it alone."
     )
     requires_migrations_checks = True
