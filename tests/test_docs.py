@@ -85,3 +85,28 @@ def test_replay_help_gives_the_workers_exit_code_as_the_guides_do() -> None:
     assert "--follow worker, what holds when it stops" in said
     assert "a lock it lost mid-batch (the batch rolled back) and has not taken back" in said
     assert "a projection still failed then" in said
+
+
+def test_every_logger_of_the_app_is_in_the_monitoring_table() -> None:
+    """Operators route logs by logger name: each module's logger has its rows in the table
+    of docs/howto/monitoring.md (a module that logs and is missing there is invisible)."""
+    import importlib
+    import logging
+    import pkgutil
+
+    import django_eventsource
+
+    names = set()
+    for module_info in pkgutil.walk_packages(
+        django_eventsource.__path__, "django_eventsource.", onerror=lambda name: None
+    ):
+        if ".migrations." in module_info.name or ".management." in module_info.name:
+            continue
+        module = importlib.import_module(module_info.name)
+        for value in vars(module).values():
+            if isinstance(value, logging.Logger) and value.name.startswith("django_eventsource"):
+                names.add(value.name)
+    table = (ROOT / "docs" / "howto" / "monitoring.md").read_text()
+    documented = set(re.findall(r"^\| `(django_eventsource[\w.]*)` \|", table, re.MULTILINE))
+    assert "django_eventsource.runner" in names  # the scan found the loggers
+    assert names - documented == set(), "loggers missing from docs/howto/monitoring.md"
