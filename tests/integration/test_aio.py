@@ -187,6 +187,26 @@ def test_append_read_and_handle_are_awaitable(stores: tuple[Any, Any]) -> None:
     run_async(scenario())
 
 
+def test_reading_from_a_checkpoint_that_names_no_event_raises(stores: tuple[Any, Any]) -> None:
+    """The tutorial's first snippet saves a made-up ``position=150``: resuming from it on a
+    store with fewer events raises PositionNotFound on both stores (as docs/tutorial.md
+    says), never an empty page that would hide the events after it."""
+    store, checkpoints = stores
+
+    async def scenario() -> None:
+        await checkpoints.save("projection-1", position=150)
+        assert await checkpoints.load("projection-1") == 150
+        event = created()
+        await store.append(event.aggregate_id, [event], expected_version=0)
+        await sync_to_async(settled)()
+        with pytest.raises(sync.PositionNotFound, match="150"):
+            await store.read_all(from_position=await checkpoints.load("projection-1"))
+        page = await store.read_all(from_position=0)
+        assert [s.event for s in page.events] == [event]
+
+    run_async(scenario())
+
+
 def test_a_handlers_awaited_checkpoint_save_is_part_of_the_projections_transaction(
     vendor: str,
 ) -> None:
