@@ -64,9 +64,13 @@ class CheckpointStore(Protocol):
 
 class _AsyncTwins:
     def save(self, projection_id: str, position: int, *, tenant_id: str | None = None) -> None:
+        """Record that ``projection_id`` (of ``tenant_id``) has applied every event up to
+        ``position``; a bad name, tenant or position raises before anything is stored."""
         raise NotImplementedError
 
     def load(self, projection_id: str, *, tenant_id: str | None = None) -> int | None:
+        """The position saved for ``projection_id`` (of ``tenant_id``), or None when
+        nothing was ever saved."""
         raise NotImplementedError
 
     async def asave(
@@ -112,12 +116,16 @@ class InMemoryCheckpointStore(_AsyncTwins):
         self._lock = threading.Lock()
 
     def save(self, projection_id: str, position: int, *, tenant_id: str | None = None) -> None:
+        """Record that ``projection_id`` (of ``tenant_id``) has applied every event up to
+        ``position``; a bad name, tenant or position raises before anything is stored."""
         _check_position(position)
         _check_key(projection_id, tenant_id)
         with self._lock:
             self._positions[(projection_id, tenant_id or NO_TENANT)] = position
 
     def load(self, projection_id: str, *, tenant_id: str | None = None) -> int | None:
+        """The position saved for ``projection_id`` (of ``tenant_id``), or None when
+        nothing was ever saved."""
         _check_key(projection_id, tenant_id)
         with self._lock:
             return self._positions.get((projection_id, tenant_id or NO_TENANT))
@@ -147,9 +155,13 @@ class DatabaseCheckpointStore(_AsyncTwins):
 
     @property
     def using(self) -> str:
+        """The database alias the checkpoints live in (``EVENTSOURCE["DATABASE"]`` unless
+        given)."""
         return database_alias(self._using)
 
     def save(self, projection_id: str, position: int, *, tenant_id: str | None = None) -> None:
+        """Record that ``projection_id`` (of ``tenant_id``) has applied every event up to
+        ``position``; a bad name, tenant or position raises before anything is stored."""
         _check_position(position)
         _check_key(projection_id, tenant_id)
         from django_eventsource.models import ProjectionState
@@ -191,6 +203,8 @@ class DatabaseCheckpointStore(_AsyncTwins):
             )
 
     def load(self, projection_id: str, *, tenant_id: str | None = None) -> int | None:
+        """The position saved for ``projection_id`` (of ``tenant_id``), or None when
+        nothing was ever saved."""
         _check_key(projection_id, tenant_id)
         from django_eventsource.models import ProjectionState
 
@@ -235,6 +249,7 @@ class Lag:
 
     @property
     def caught_up(self) -> bool:
+        """Whether no event waits for the projection (held-back events count as waiting)."""
         return self.events == 0
 
     @property

@@ -99,9 +99,11 @@ class Event(models.Model):
         return f"#{self.position} {self.event_type} {self.aggregate_id} v{self.aggregate_version}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
+        """Refused for a stored event: events are appended by the store (``AppendOnlyError``)."""
         _refuse("Event.save()")
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        """Refused: events are append-only (``AppendOnlyError``)."""
         _refuse("Event.delete()")
 
 

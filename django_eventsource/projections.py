@@ -357,6 +357,7 @@ class ProjectionRegistry:
         return cls
 
     def unregister(self, name: str) -> None:
+        """Forget the projection registered as ``name`` (tests that define projections)."""
         self._classes.pop(name, None)
 
     def get(self, name: str) -> type[Projection]:
@@ -368,9 +369,11 @@ class ProjectionRegistry:
             raise KeyError(f"Unknown projection {name!r}. Known projections: {known}.") from None
 
     def names(self) -> list[str]:
+        """The registered projection names, sorted."""
         return sorted(self._classes)
 
     def all(self) -> list[type[Projection]]:
+        """The registered projection classes, in the order of their names."""
         return [self._classes[name] for name in self.names()]
 
     def inline(self) -> list[type[Projection]]:
@@ -484,6 +487,7 @@ class InlineProjections:
     inline projections to each append, inside its transaction."""
 
     def active(self) -> bool:
+        """Whether any inline projection is registered (else appends skip the hook)."""
         return bool(projection_registry.inline())
 
     def __call__(self, store: BaseEventStore, events: list[StoredEvent]) -> None:

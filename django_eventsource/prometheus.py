@@ -65,11 +65,13 @@ class DatabaseCollector:
         self.close_connections = close_connections
 
     def describe(self) -> list[Metric]:
+        """Nothing: registering the collector must not query the database."""
         # Registering must not query the database: describe nothing (prometheus_client
         # then never calls collect() at registration).
         return []
 
     def collect(self) -> Iterator[Metric]:
+        """Read the status from the database, once per scrape, and yield the gauges."""
         up = GaugeMetricFamily(
             "eventsource_database_up",
             "1 when the gauges below could be read from the database, else 0.",

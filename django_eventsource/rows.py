@@ -55,12 +55,23 @@ class RowOwner(Protocol):
     """What a [`RowSet`][django_eventsource.rows.RowSet] needs of the projection it works for."""
 
     @property
-    def database(self) -> str: ...
+    def database(self) -> str:
+        """The alias the projection's rows live in."""
+        ...
+
     @property
-    def row_keys(self) -> Mapping[type[models.Model], str]: ...
+    def row_keys(self) -> Mapping[type[models.Model], str]:
+        """The models whose rows are one stream's, each with its stream-id field."""
+        ...
+
     @property
-    def event_store(self) -> BaseEventStore | None: ...
-    def handled_types(self) -> frozenset[str]: ...
+    def event_store(self) -> BaseEventStore | None:
+        """The store the events come from (None: the default ``EventStore``)."""
+        ...
+
+    def handled_types(self) -> frozenset[str]:
+        """The event type names the projection handles."""
+        ...
 
 
 class RowSet:
@@ -260,6 +271,8 @@ class RowSet:
             raise EventGapError(model.__name__, event.aggregate_id, held, event.aggregate_version)
 
     def delete(self, row: models.Model) -> None:
+        """Delete ``row`` at the flush, in the batch's transaction (a change to it made
+        earlier in the batch is dropped)."""
         self._dirty.pop(id(row), None)
         if row.pk is not None:
             self._deleted[id(row)] = row

@@ -89,6 +89,7 @@ class ProjectionStatusRow:
     suspended_rebuild: bool = False
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (``projection_status --json``, the health view)."""
         return asdict(self)
 
 
@@ -236,6 +237,7 @@ class Problem:
     message: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (``projection_status --json``, the health view)."""
         return asdict(self)
 
 
@@ -311,6 +313,7 @@ class StatusCheck:
 
     @property
     def ok(self) -> bool:
+        """Whether nothing is wrong (``--check`` exits 0, the health view answers 200)."""
         return not self.problems
 
 

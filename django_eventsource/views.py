@@ -49,6 +49,8 @@ class HealthView(View):
     allow_dead_letters: bool = False
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        """200 with the status as JSON when the check passes, 503 when it does not (or the
+        database cannot be read)."""
         try:
             report = check_status(
                 self.projections,

@@ -89,6 +89,7 @@ class RunResult:
 
     @property
     def events_applied(self) -> int:
+        """Events handled, over every projection of the run."""
         return sum(r.events_applied for r in self.results)
 
     def result_for(self, label: str) -> CatchUpResult | None:

@@ -58,8 +58,13 @@ class PolicyRunner(Protocol):
     error_policy: str | None
     default_policy: str
 
-    def report(self, kind: str, **data: Any) -> None: ...
-    def wait(self, seconds: float) -> bool: ...
+    def report(self, kind: str, **data: Any) -> None:
+        """Tell the progress callback and the logs (``retry``, ``failed``, ...)."""
+        ...
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds`` (a retry's backoff); True when told to stop meanwhile."""
+        ...
 
 
 def apply_with_policy(

@@ -221,3 +221,51 @@ def test_the_public_api_and_documented_paths_import() -> None:
         django_eventsource.ReadResult,
         django_eventsource.StoredEvent,
     )
+
+
+def _undocumented(module: str) -> list[str]:
+    """The public names of ``module`` (its ``__all__``) without a docstring, and the public
+    methods and properties of its public classes without one (their own or inherited)."""
+    import inspect
+    import typing
+
+    imported = importlib.import_module(module)
+    missing = []
+    for name in getattr(imported, "__all__", ()):
+        value = getattr(imported, name)
+        if typing.get_origin(value) is not None or not (
+            isinstance(value, type) or callable(value)
+        ):
+            continue  # constants and type aliases: documented by a #: comment
+        if not (inspect.getdoc(value) or "").strip():
+            missing.append(f"{module}.{name}")
+        if not isinstance(value, type):
+            continue
+        for attr, member in vars(value).items():
+            # dispatch: Django's, decorated in place (method_decorator)
+            if attr.startswith("_") or attr == "dispatch":
+                continue
+            function = getattr(member, "__func__", member)
+            function = function.fget if isinstance(function, property) else function
+            if inspect.isfunction(function) and not inspect.getdoc(getattr(value, attr)):
+                missing.append(f"{module}.{name}.{attr}")
+    return missing
+
+
+API_MODULES = sorted(
+    re.findall(
+        r"^::: (django_eventsource[\w.]*)",
+        (PACKAGE.parent / "docs" / "api.md").read_text(),
+        re.MULTILINE,
+    )
+)
+
+
+def test_the_api_reference_renders_modules() -> None:
+    assert "django_eventsource" in API_MODULES and "django_eventsource.checkpoints" in API_MODULES
+
+
+@pytest.mark.parametrize("module", API_MODULES)
+def test_every_public_name_in_the_api_reference_says_what_it_is(module: str) -> None:
+    """docs/api.md renders these modules' public names: no docstring may be empty."""
+    assert _undocumented(module) == []

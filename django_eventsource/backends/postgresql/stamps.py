@@ -76,6 +76,7 @@ class StampDiagnosis:
         )
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields and the derived ``needs_rebase`` and ``excess``, as a plain dict."""
         return {**asdict(self), "needs_rebase": self.needs_rebase, "excess": self.excess}
 
 
