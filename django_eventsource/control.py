@@ -164,6 +164,19 @@ def check_tenant(
     raise UnknownTenant(name, tenant_id, known_tenants(name, tenant_id, event_store=event_store))
 
 
+def _require_known(name: str, tenant_id: str | None) -> None:
+    """An operator's action on a projection or tenant nobody knows is a typo: refuse it
+    before a state row is created for it (the row would show everywhere, forever)."""
+    check_projection_name(name)  # ValueError for a name no projection can have
+    if projection_known(name, tenant_id):
+        return
+    if not projection_known(name):
+        projection_registry.get(name)  # KeyError naming the known projections
+    check_run_tenant(tenant_id)  # ValueError/TypeError for what no tenant id can be
+    assert tenant_id is not None  # projection_known(name, None) was True
+    raise UnknownTenant(name, tenant_id, known_tenants(name, tenant_id))
+
+
 def get_state(name: str, tenant_id: str | None = None, *, lock: bool = False) -> ProjectionState:
     """The projection's state row (created on first use; ``ValueError`` for a name no
     projection can have, such as one with a ``/``)."""
@@ -182,9 +195,12 @@ def pause(name: str, tenant_id: str | None = None) -> ProjectionState:
     [`resume`][django_eventsource.control.resume]; see `django_eventsource.state`.
 
     Raises [`IllegalTransition`][django_eventsource.IllegalTransition] when it is already
-    paused."""
+    paused, and, before anything is written, ``KeyError`` for an unknown projection or
+    [`UnknownTenant`][django_eventsource.UnknownTenant] for a tenant it does not know
+    (`projection_known`)."""
     from django_eventsource import state  # it imports models
 
+    _require_known(name, tenant_id)
     state.pause(name, tenant_id, projection_database(name))
     return get_state(name, tenant_id)
 
@@ -194,9 +210,11 @@ def resume(name: str, tenant_id: str | None = None) -> ProjectionState:
     event first (its checkpoint is still just before it).
 
     Raises [`IllegalTransition`][django_eventsource.IllegalTransition] when it is neither
-    paused nor failed."""
+    paused nor failed, and ``KeyError`` or [`UnknownTenant`][django_eventsource.UnknownTenant]
+    as [`pause`][django_eventsource.control.pause] does."""
     from django_eventsource import state  # it imports models
 
+    _require_known(name, tenant_id)
     state.resume(name, tenant_id, projection_database(name))
     return get_state(name, tenant_id)
 

@@ -297,9 +297,12 @@ class Projection:
         """Raise [`RebuildRefused`][django_eventsource.RebuildRefused] when a rebuild of one
         tenant would delete other tenants' rows (the default reset, a model without a
         ``tenant_id`` column). Rebuilds call it before they change anything."""
-        overridden = type(self)._truncate_read_models is not Projection._truncate_read_models
-        if tenant_id is None or overridden:
+        if tenant_id is None:
             return
+        if type(self)._truncate_read_models is not Projection._truncate_read_models:
+            if not _hook_takes_tenant(self):
+                raise RebuildRefused(self.label, _hook_without_tenant(tenant_id))
+            return  # the hook deletes the tenant's rows itself
         unscoped = self.models_without_tenant()
         if unscoped:
             raise RebuildRefused(self.label, _no_tenant_column(unscoped, tenant_id))
@@ -325,6 +328,21 @@ def _no_tenant_column(models: Sequence[type[Model]], tenant_id: str) -> str:
         f"it cannot be rebuilt for tenant {tenant_id!r} alone: {labels} "
         "has no tenant_id column, so resetting it would delete every tenant's rows. Rebuild "
         "it for all tenants, or override _truncate_read_models() to delete one tenant's rows"
+    )
+
+
+def _hook_takes_tenant(projection: Projection) -> bool:
+    parameters = inspect.signature(projection._truncate_read_models).parameters
+    return "tenant_id" in parameters or any(
+        p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters.values()
+    )
+
+
+def _hook_without_tenant(tenant_id: str) -> str:
+    return (
+        f"its _truncate_read_models() takes no tenant_id, so it cannot reset tenant "
+        f"{tenant_id!r} alone (it would delete every tenant's rows). Give it a tenant_id=None "
+        "parameter, or rebuild it for all tenants"
     )
 
 
@@ -400,19 +418,15 @@ def truncate_read_models(projection: Projection, tenant_id: str | None = None) -
     when it is `async def`, as the tutorial writes it.
 
     The hook may take `tenant_id` or, as in the tutorial, no argument at all; such a hook
-    cannot reset one tenant, so a tenant's rebuild refuses it (`ImproperlyConfigured`)
+    cannot reset one tenant, so a tenant's rebuild refuses it
+    ([`RebuildRefused`][django_eventsource.RebuildRefused], before anything changed: see
+    [`check_tenant_rebuild`][django_eventsource.projections.Projection.check_tenant_rebuild])
     rather than delete every tenant's rows.
     """
     hook: Callable[..., Any] = projection._truncate_read_models
-    parameters = inspect.signature(hook).parameters
-    takes_tenant = "tenant_id" in parameters or any(
-        p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters.values()
-    )
+    takes_tenant = _hook_takes_tenant(projection)
     if tenant_id is not None and not takes_tenant:
-        raise ImproperlyConfigured(
-            f"{projection.label}._truncate_read_models() takes no tenant_id, so it cannot "
-            f"reset tenant {tenant_id!r} alone. Give it a tenant_id=None parameter."
-        )
+        raise RebuildRefused(projection.label, _hook_without_tenant(tenant_id))
     result = hook(tenant_id) if takes_tenant else hook()
     if inspect.isawaitable(result):
         # Its ORM calls run back on this thread (sync_to_async is thread-sensitive), in the

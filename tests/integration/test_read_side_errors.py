@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 import pytest
-from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 from django.db import connection
 
@@ -490,15 +489,51 @@ def test_an_async_truncate_hook_is_awaited_by_a_rebuild(async_board: Any) -> Non
     assert task_board_rows() == fold_task_board(store)
 
 
-def test_a_truncate_hook_without_a_tenant_refuses_a_tenant_rebuild(async_board: Any) -> None:
+def test_a_truncate_hook_without_a_tenant_refuses_a_tenant_rebuild(
+    async_board: Any, django_user_model: Any
+) -> None:
+    """The tutorial's hook (``_truncate_read_models(self)``) cannot reset one tenant: a
+    tenant's rebuild refuses up front (RebuildRefused, before any lock or state row), from
+    the API, the command (a CommandError, not a traceback) and the admin (a message, not a
+    server error), and --dry-run says so too."""
+    from django.contrib.auth.models import Permission
+    from django.test import Client
+    from django.urls import reverse
+
+    from django_eventsource import ProjectionState, RebuildRefused
+    from django_eventsource.rebuild import plan_rebuild
+
     store = EventStore()
     task_history(store, tasks=3, tenants=("acme", "globex"), seed=32)
     settled(store)
     rebuild(AsyncTruncateBoard())
     rows = task_board_rows()
-    with pytest.raises(ImproperlyConfigured, match="takes no tenant_id"):
+    states = list(ProjectionState.objects.values_list("name", "tenant_id", "status"))
+    with pytest.raises(RebuildRefused, match="takes no tenant_id, so it cannot reset tenant"):
         rebuild(AsyncTruncateBoard(), tenant_id="acme")
+    with pytest.raises(RebuildRefused, match="takes no tenant_id"):
+        plan_rebuild(AsyncTruncateBoard(), tenant_id="acme")
+    for extra in ([], ["--dry-run"]):
+        with pytest.raises(CommandError, match=r"takes no tenant_id.*Nothing was changed"):
+            call_command(
+                "rebuild_projections", "task_board", "--tenant", "acme", "--noinput", *extra
+            )
+    user = django_user_model.objects.create_user("op", password="x", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_projectionstate", "rebuild_projection"])
+    )
+    client = Client()
+    client.force_login(user)
+    url = reverse(
+        "admin:django_eventsource_projectionstate_action", args=["task_board", "rebuild"]
+    )
+    back = reverse("admin:django_eventsource_projectionstate_changelist")
+    response = client.post(url, {"tenant": "acme", "confirm": "yes", "next": back}, follow=True)
+    assert response.status_code == 200
+    said = " ".join(str(m) for m in response.context["messages"])
+    assert "takes no tenant_id" in said, said
     assert task_board_rows() == rows == fold_task_board(store)  # nothing was deleted
+    assert list(ProjectionState.objects.values_list("name", "tenant_id", "status")) == states
 
 
 def test_a_failed_projection_error_is_a_projection_error() -> None:

@@ -477,3 +477,35 @@ def test_the_status_write_finder_finds_writes() -> None:
         "self.status = status\n"
     )
     assert sorted(_status_writes(source)) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("name", "tenant", "error", "says"),
+    [
+        ("nope", None, KeyError, "Unknown projection 'nope'"),
+        ("task_board", "zzz-invented", django_eventsource.UnknownTenant, "Unknown tenant"),
+        ("task_board", "a\x00", ValueError, "NUL"),
+        ("task_board", "x" * 300, ValueError, "255"),
+    ],
+    ids=["unknown-projection", "unknown-tenant", "nul-tenant", "long-tenant"],
+)
+@pytest.mark.parametrize("operate", ["pause", "resume"])
+def test_acting_on_what_nobody_knows_is_refused_and_writes_nothing(
+    operate: str, name: str, tenant: str | None, error: type[Exception], says: str
+) -> None:
+    """A typo in ``control.pause``/``resume`` used to create a state row (shown in the status
+    and the admin forever, listed as a known tenant); a NUL was stored on SQLite and a raw
+    DataError on PostgreSQL. Now each is refused before anything is written, the same on
+    both databases; a known tenant (it has events) can be paused and resumed."""
+    from django_eventsource import EventStore, ProjectionState, control
+
+    event = TaskCreated(aggregate_id=uuid4(), title="t", tenant_id="acme")
+    EventStore().append(event.aggregate_id, [event])
+    with pytest.raises(error, match=says):
+        getattr(control, operate)(name, tenant)
+    assert not ProjectionState.objects.exists()
+    control.pause("task_board", "acme")
+    control.resume("task_board", "acme")
+    assert list(ProjectionState.objects.values_list("name", "tenant_id", "status")) == [
+        ("task_board", "acme", Status.IDLE)
+    ]
