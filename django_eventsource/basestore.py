@@ -25,6 +25,7 @@ from django_eventsource.validation import (
     MAX_POSITION,
     MAX_VERSION,
     Prepared,
+    check_position,
     check_read_event_types,
     jsonb_loads,
 )
@@ -270,7 +271,7 @@ class BaseEventStore:
         that order by position alone (SQLite, in memory) answer with stamp 0, without a
         query.
         """
-        return {position: (0, position) for position in positions}
+        return {check_position(position, "position"): (0, position) for position in positions}
 
     async def aappend(
         self,
@@ -346,7 +347,17 @@ def _type_names(event_types: Iterable[str | type[DomainEvent]] | None) -> list[s
             f"event_types must be a list of event type names or classes, not the str "
             f"{event_types!r} (wrap it in [ ])"
         )
-    names = [t if isinstance(t, str) else t.default_event_type() for t in event_types]
+    names = []
+    for event_type in event_types:
+        if isinstance(event_type, str):
+            names.append(event_type)
+        elif isinstance(event_type, type) and hasattr(event_type, "default_event_type"):
+            names.append(event_type.default_event_type())
+        else:
+            raise TypeError(
+                "event_types must hold event type names or DomainEvent classes, not "
+                f"{type(event_type).__name__} {event_type!r}"
+            )
     check_read_event_types(names)
     return names
 

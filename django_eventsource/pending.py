@@ -27,6 +27,7 @@ def count_pending(
     using: str, backend: Backend, from_position: int = 0, tenant_id: str | None = None
 ) -> Pending:
     """[`pending_events`][django_eventsource.store.BaseEventStore.pending_events] in SQL."""
+    from_position = check_position(from_position)
     check_read_tenant(tenant_id)
     # One statement: one snapshot and one horizon for both counts.
     where = ""

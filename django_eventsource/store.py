@@ -525,7 +525,7 @@ class EventStore(BaseEventStore):
         return None if row is None else self._events(backend, [row])[0]
 
     def feed_keys(self, positions: Iterable[int]) -> dict[int, tuple[int, int]]:
-        wanted = sorted(set(positions))
+        wanted = sorted({check_position(position, "position") for position in positions})
         if not wanted or not self.backend.stamped:
             return {position: (0, position) for position in wanted}
         keys: dict[int, tuple[int, int]] = {}

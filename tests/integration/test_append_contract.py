@@ -561,6 +561,18 @@ READ_ARGUMENTS = [
         ValueError,
         "tenant_id",
     ),
+    ("read_all type an int", lambda s: s.read_all(event_types=[5]), TypeError, "event_types"),
+    ("pending_events a str", lambda s: s.pending_events("3"), TypeError, "from_position"),
+    ("pending_events negative", lambda s: s.pending_events(-5), ValueError, "from_position"),
+    ("pending_events 2**64", lambda s: s.pending_events(2**64), ValueError, "from_position"),
+    (
+        "pending_events_many a str",
+        lambda s: s.pending_events_many([("3", None)]),
+        TypeError,
+        "position",
+    ),
+    ("feed_keys a str", lambda s: s.feed_keys(["3"]), TypeError, "position"),
+    ("feed_keys negative", lambda s: s.feed_keys([-1]), ValueError, "position"),
 ]
 
 
