@@ -261,7 +261,20 @@ class Projection:
 
         In an ``async def`` handler: ``row = await sync_to_async(self.row)(Model, event, ...)``
         (it may query, on the handler's transaction); then change the row as usual.
+
+        ``model`` must be one of the projection's ``models`` (or ``row_keys``):
+        ``ImproperlyConfigured`` otherwise, so that a rebuild resets it and the system check
+        sees every projection that writes it (a row embeds one checkpoint: two projections
+        writing one model would skip each other's events).
         """
+        if model not in self.models and model not in self.row_keys:
+            declared = ", ".join(m._meta.label for m in (*self.models, *self.row_keys))
+            raise ImproperlyConfigured(
+                f"Projection {self.label!r} writes {model._meta.label} through row() but does "
+                f"not declare it (models: {declared or 'none'}). Add it to the projection's "
+                "models, so that its rebuild resets it and the system check can tell that no "
+                "other projection writes it."
+            )
         return self.rows.get(model, event, **lookup)
 
     def delete_row(self, row: Model) -> None:

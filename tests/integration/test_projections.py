@@ -558,3 +558,27 @@ def test_the_same_stream_id_in_two_tenants_has_two_rows(store: EventStore) -> No
     assert summary(task, "acme")["done"] is False
     assert summary(task, "globex")["done"] is True
     assert summary(task, "globex")["last_event_version"] == 2
+
+
+class SneakyStats(DeclarativeProjection):
+    """Writes TenantStats (tenant_stats' model) without declaring it."""
+
+    @handles(TaskCreated)
+    def created(self, event: TaskCreated) -> None:
+        if row := self.row(TenantStats, event, tenant_id=event.tenant_id or ""):
+            row.tasks += 1
+
+
+def test_row_refuses_a_model_the_projection_does_not_declare() -> None:
+    """An undeclared model escapes the system check for two projections writing one model
+    (E009) and the rebuild's reset: the second writer found the rows past its events and
+    silently applied nothing. row() now refuses it, so the run fails on the first event
+    with a message that says what to declare, and no row is written."""
+    store = EventStore()
+    task_history(store, tasks=2, seed=41)
+    with pytest.raises(ProjectionError) as info:
+        catch_up(SneakyStats(), event_store=store)
+    cause = info.value.__cause__
+    assert isinstance(cause, ImproperlyConfigured)
+    assert "writes testapp.TenantStats through row() but does not declare it" in str(cause)
+    assert not TenantStats.objects.exists()
