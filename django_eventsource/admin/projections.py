@@ -431,6 +431,10 @@ class ProjectionStateAdmin(ReadOnlyModelAdmin[ProjectionState]):
                 cancel_url=back,
             )
         self._run(request, spec, name, tenant)
+        if back == self.detail_url(name, tenant) and not control.find_state(name, tenant):
+            # A tenant with events but no state row of its own (a refused tenant rebuild;
+            # a global runner serves it) has no detail page: go to the list.
+            back = self._url("changelist")
         return HttpResponseRedirect(back)
 
     def projection_exists(self, name: str, tenant: str) -> bool:
