@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from django.db import transaction
-
 from django_eventsource.conf import database_alias
 from django_eventsource.constants import NO_TENANT
 from django_eventsource.exceptions import EventSourceError, ProjectionError, UnknownTenant
 from django_eventsource.projections import projection_registry
 from django_eventsource.store import EventStore
+from django_eventsource.transactions import write_transaction
 from django_eventsource.validation import (
     check_projection_name,
     check_read_tenant,
@@ -246,7 +245,7 @@ def dead_letter_failed(name: str, tenant_id: str | None = None) -> DeadLetter:
     from django_eventsource.models import DeadLetter
 
     using = projection_database(name)
-    with transaction.atomic(using=using):
+    with write_transaction(using):
         state = get_state(name, tenant_id, lock=True)
         if (
             state.status != state.Status.FAILED

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from django.db import connections, transaction
+from django.db import connections
 from django.utils import timezone
 
 from django_eventsource.constants import NO_TENANT
@@ -47,6 +47,7 @@ from django_eventsource.projections import projection_registry
 from django_eventsource.rows import RowSet
 from django_eventsource.store import BaseEventStore, EventStore
 from django_eventsource.text import printable
+from django_eventsource.transactions import write_transaction
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -190,7 +191,7 @@ def dead_letter(
     """Set ``event`` aside and move the checkpoint past it, in one transaction; its stream is
     parked from now on."""
     cause = error.cause
-    with transaction.atomic(using=projection.database):
+    with write_transaction(projection.database):
         checkpoint_store.save(projection.label, event.position, tenant_id=tenant_id)
         letter, _ = DeadLetter.objects.using(projection.database).update_or_create(
             projection=projection.label,
@@ -288,7 +289,7 @@ def retry(letter: DeadLetter, event_store: BaseEventStore | None = None) -> Retr
     projection.event_store = store
     using = projection.database
     outcome = RetryOutcome(letter)
-    with transaction.atomic(using=using):
+    with write_transaction(using):
         ProjectionState.objects.using(using).select_for_update().get_or_create(
             name=letter.projection, tenant_id=letter.tenant_id
         )
@@ -312,7 +313,7 @@ def retry(letter: DeadLetter, event_store: BaseEventStore | None = None) -> Retr
                 raise EventSourceError(f"Event #{item.event_position} is not in the event store.")
             rows = RowSet(projection, tenant_id=item.tenant_id or None, strict=True)
             try:
-                with transaction.atomic(using=using):
+                with write_transaction(using):
                     rows.prefetch([stored])
                     projection.apply(stored, rows)
                     written = rows.flush()

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
 
 from django_eventsource.conf import database_alias
 from django_eventsource.events import DomainEvent, mark_event_types, marked_methods
@@ -38,6 +37,7 @@ from django_eventsource.exceptions import ProjectionError, RebuildRefused
 from django_eventsource.rows import RowSet
 from django_eventsource.store import BaseEventStore, EventStore
 from django_eventsource.stored import StoredEvent
+from django_eventsource.transactions import write_transaction
 from django_eventsource.validation import check_projection_name
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ class Projection:
     def _atomic(self) -> AbstractContextManager[Any]:
         if not self.transactional:
             return nullcontext()
-        return transaction.atomic(using=self.database)
+        return write_transaction(self.database)
 
     # Rows ---------------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from django.db import connections, transaction
+from django.db import connections
 
 from django_eventsource import control
 from django_eventsource.checkpoints import DatabaseCheckpointStore
@@ -48,6 +48,7 @@ from django_eventsource.runner import ProgressCallback, ProjectionRunner, RunRes
 from django_eventsource.runner.loop import _LockLost
 from django_eventsource.store import BaseEventStore, EventStore
 from django_eventsource.text import printable
+from django_eventsource.transactions import write_transaction
 from django_eventsource.validation import check_run_tenant
 
 if TYPE_CHECKING:
@@ -181,7 +182,7 @@ def rebuild(
                     extra={**fields, "resuming": resuming},
                 )
                 if not resuming:
-                    with transaction.atomic(using=projection.database):
+                    with write_transaction(projection.database):
                         _reset(projection, tenant_id, runner)
                 runner.run_projection(projection, result)
         except (_LockLost, ProjectionLocked) as exc:
@@ -300,7 +301,7 @@ def _rebuild_atomically(
     projection: Projection, tenant_id: str | None, runner: ProjectionRunner
 ) -> RunResult:
     result = RunResult()
-    with transaction.atomic(using=projection.database):
+    with write_transaction(projection.database):
         _reset(projection, tenant_id, runner)
         runner.run_projection(projection, result)
         if result.failed:

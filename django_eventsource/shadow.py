@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from django.db import DatabaseError, OperationalError, connections, transaction
+from django.db import DatabaseError, OperationalError, connections
 from django.db.backends.signals import connection_created
 
 from django_eventsource.checkpoints import _AsyncTwins
@@ -72,6 +72,7 @@ from django_eventsource.exceptions import (
     RebuildRefused,
 )
 from django_eventsource.text import printable
+from django_eventsource.transactions import write_transaction
 
 if TYPE_CHECKING:
     from django_eventsource.projections import Projection
@@ -393,7 +394,7 @@ def discard_shadow(label: str, using: str) -> bool:
     whether there was one. The live tables are not touched."""
     _require_postgresql(using)
     schema = shadow_schema(label)
-    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+    with write_transaction(using), connections[using].cursor() as cursor:
         if not _schema_exists(cursor, schema):
             return False
         cursor.execute(f"DROP SCHEMA {_quote(schema)} CASCADE")
@@ -410,7 +411,7 @@ def _create_shadow(projection: Projection, schema: str) -> None:
     names (tables, indexes, constraints), in one transaction."""
     using = projection.database
     tables = _live_tables(projection)
-    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+    with write_transaction(using), connections[using].cursor() as cursor:
         cursor.execute(f"CREATE SCHEMA {_quote(schema)}")
         cursor.execute(
             f"CREATE TABLE {_quote(schema)}.{CHECKPOINT_TABLE} ("
@@ -610,7 +611,7 @@ def _build_failed(projection: Projection, schema: str, error: ProjectionError) -
     text = f"{type(cause).__name__}: {cause}"
     built: int | None = None
     try:
-        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        with write_transaction(using), connections[using].cursor() as cursor:
             _add_failure_columns(cursor, schema)
             cursor.execute(
                 f"UPDATE {_quote(schema)}.{CHECKPOINT_TABLE} SET failed_position = %s, "
@@ -633,7 +634,7 @@ def _build_failed(projection: Projection, schema: str, error: ProjectionError) -
 
 def _clear_failure(using: str, schema: str) -> None:
     """A resumed build runs again: it has not failed (yet)."""
-    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+    with write_transaction(using), connections[using].cursor() as cursor:
         _add_failure_columns(cursor, schema)
         cursor.execute(
             f"UPDATE {_quote(schema)}.{CHECKPOINT_TABLE} SET failed_position = NULL, "
@@ -648,7 +649,7 @@ def _swap(projection: Projection, runner: _Runner, schema: str, result: Any) -> 
     using, label = projection.database, projection.label
     connection = connections[using]
     started = time.monotonic()
-    with transaction.atomic(using=using):
+    with write_transaction(using):
         with connection.cursor() as cursor:
             cursor.execute(f"SET LOCAL lock_timeout = '{int(SWAP_LOCK_TIMEOUT * 1000)}ms'")
             if projection.inline:

@@ -67,7 +67,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
@@ -75,6 +74,7 @@ from django_eventsource.conf import get_settings
 from django_eventsource.constants import NO_TENANT
 from django_eventsource.exceptions import IllegalTransition
 from django_eventsource.models import ProjectionState, ProjectionStatus
+from django_eventsource.transactions import write_transaction
 from django_eventsource.validation import check_projection_name
 
 if TYPE_CHECKING:
@@ -221,7 +221,7 @@ def _apply(
     Returns whether it applied; raises IllegalTransition when it did not and ``strict``."""
     tenant = tenant_id or NO_TENANT
     check_projection_name(name)  # ValueError: a name no projection can have gets no row
-    with transaction.atomic(using=using):
+    with write_transaction(using):
         _states(using).get_or_create(name=name, tenant_id=tenant)
         rows = _states(using).filter(name=name, tenant_id=tenant, status__in=step.sources)
         if fence is not None:
@@ -245,7 +245,7 @@ def start(name: str, tenant_id: str | None, using: str, *, owner: str) -> bool:
     now = timezone.now()
     tenant = tenant_id or NO_TENANT
     check_projection_name(name)  # ValueError: a name no projection can have gets no row
-    with transaction.atomic(using=using):
+    with write_transaction(using):
         _states(using).get_or_create(name=name, tenant_id=tenant)
         rows = _states(using).filter(name=name, tenant_id=tenant)
         claimed = rows.exclude(status__in=(Status.PAUSED, Status.FAILED)).update(
@@ -343,7 +343,7 @@ def resume(name: str, tenant_id: str | None, using: str) -> None:
     event (its checkpoint is still just before it): `idle`; a suspended rebuild goes back
     to `rebuilding` (``resume_rebuild``), for a rebuild or a runner to carry on from the
     checkpoint."""
-    with transaction.atomic(using=using):
+    with write_transaction(using):
         if _apply(
             RESUME_REBUILD,
             name,
@@ -373,7 +373,7 @@ def set_aside(name: str, tenant_id: str | None, using: str, *, position: int) ->
         "failed_event_id": None,
         "failed_event_type": "",
     }
-    with transaction.atomic(using=using):
+    with write_transaction(using):
         if _apply(
             SET_ASIDE_IN_REBUILD,
             name,

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from uuid import UUID
 
-from django.db import IntegrityError, connections, transaction
+from django.db import IntegrityError, connections
 from django.utils import timezone
 
 from django_eventsource import metrics
@@ -60,6 +60,7 @@ from django_eventsource.logs import tenant_text
 from django_eventsource.memorystore import InMemoryEventStore
 from django_eventsource.pending import count_pending, count_pending_many
 from django_eventsource.stored import ReadResult, StoredEvent, _Stamps
+from django_eventsource.transactions import write_transaction
 from django_eventsource.validation import (
     Prepared,
     check_position,
@@ -203,7 +204,7 @@ class EventStore(BaseEventStore):
                     # needs no savepoint (two more round trips) either.
                     outcome = self._insert(batch, connection, guard=guard)
                 else:
-                    with transaction.atomic(using=self.using):
+                    with write_transaction(self.using):
                         outcome = self._insert(batch, connection)
                         if isinstance(outcome, list) and outcome:
                             self._run_after_append(outcome)

@@ -28,7 +28,10 @@ if _default["ENGINE"].endswith("sqlite3"):
     # from NAME so parallel tox envs never share one. Writers wait for the lock instead of
     # failing at once, and take it at BEGIN (no deadlock when a reader upgrades to a writer).
     _default["TEST"] = {"NAME": f"{_default['NAME']}.test"}
-    _default.setdefault("OPTIONS", {}).update({"timeout": 30, "transaction_mode": "IMMEDIATE"})
+    if not env.bool("EVENTSOURCE_TEST_SQLITE_DEFAULTS", default=False):
+        _default.setdefault("OPTIONS", {}).update({"timeout": 30, "transaction_mode": "IMMEDIATE"})
+    # else: Django's own defaults (deferred BEGIN, the 5 s timeout of Python's sqlite3), as
+    # a project that sets no OPTIONS has them (tests/concurrency/test_sqlite_defaults.py).
 elif _sleep := env.str("EVENTSOURCE_TEST_HORIZON_SLEEP", default=""):
     # Fault injection: every session's horizon function sleeps this long (seconds) between
     # the reading statement's snapshot and its pg_locks read; the suite must still pass.

@@ -22,6 +22,7 @@ from django_eventsource.aggregates.snapshots import (
 )
 from django_eventsource.exceptions import AggregateNotFound, ConcurrencyError
 from django_eventsource.store import BaseEventStore, EventStore, StoredEvent
+from django_eventsource.transactions import write_transaction
 
 __all__ = ["Repository"]
 
@@ -206,7 +207,7 @@ class Repository(Generic[A]):
                     f"Snapshots go to database {snapshots.using!r} but events to "
                     f"{store.using!r}; they must share the append's transaction."
                 )
-            with transaction.atomic(using=store.using):
+            with write_transaction(store.using):
                 stored = store.append(
                     aggregate.id, events, expected_version=aggregate.committed_version
                 )

@@ -12,6 +12,7 @@ from asgiref.sync import sync_to_async
 
 from django_eventsource.conf import database_alias
 from django_eventsource.constants import NO_TENANT
+from django_eventsource.transactions import write_transaction
 
 # Models are imported inside the methods that use them: the package root imports this module,
 # and importing models needs the app registry (``AppRegistryNotReady``).
@@ -135,13 +136,17 @@ class DatabaseSnapshotStore(SnapshotStore):
     def save(self, record: SnapshotRecord) -> None:
         from django_eventsource.models import Snapshot
 
-        Snapshot.objects.using(self.using).update_or_create(
-            tenant_id=record.tenant_id or NO_TENANT,
-            aggregate_type=record.aggregate_type,
-            aggregate_id=record.aggregate_id,
-            defaults={
-                "version": record.version,
-                "schema_version": record.schema_version,
-                "state": record.state,
-            },
-        )
+        using = self.using
+        # update_or_create reads, then writes: in a transaction that takes SQLite's write
+        # lock first (inside the append's transaction, a savepoint of it).
+        with write_transaction(using):
+            Snapshot.objects.using(using).update_or_create(
+                tenant_id=record.tenant_id or NO_TENANT,
+                aggregate_type=record.aggregate_type,
+                aggregate_id=record.aggregate_id,
+                defaults={
+                    "version": record.version,
+                    "schema_version": record.schema_version,
+                    "state": record.state,
+                },
+            )

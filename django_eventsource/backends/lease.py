@@ -13,12 +13,12 @@ import socket
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from django_eventsource.backends.base import ProjectionLock
 from django_eventsource.constants import NO_TENANT
+from django_eventsource.transactions import write_transaction
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -59,7 +59,7 @@ class LeaseLock(ProjectionLock):
 
     def acquire(self) -> bool:
         now = timezone.now()
-        with transaction.atomic(using=self.using):
+        with write_transaction(self.using):
             states = self._states()
             mine = states.filter(name=self.name, tenant_id=self.tenant_id or NO_TENANT)
             current = mine.values_list("owner", flat=True).first()

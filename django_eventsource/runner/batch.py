@@ -26,12 +26,12 @@ from django.db import (
     close_old_connections,
     connections,
     reset_queries,
-    transaction,
 )
 
 from django_eventsource.checkpoints import CheckpointStore
 from django_eventsource.exceptions import ProjectionError
 from django_eventsource.rows import RowSet
+from django_eventsource.transactions import write_transaction
 
 if TYPE_CHECKING:
     from django_eventsource.projections import Projection
@@ -115,7 +115,7 @@ def apply_batch(
     from django_eventsource import deadletters  # it imports models
 
     applied = 0
-    with transaction.atomic(using=projection.database):
+    with write_transaction(projection.database):
         # The checkpoint first: it locks the projection's state row (and fails at once if
         # another runner has taken the projection over), so a dead-letter retry cannot
         # unpark a stream between the next read and the commit.

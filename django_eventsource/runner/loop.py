@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from django_eventsource.checkpoints import CheckpointStore, DatabaseCheckpointStore
 from django_eventsource.conf import ERROR_POLICIES, check_batch_size, check_seconds
@@ -33,6 +33,7 @@ from django_eventsource.runner.progress import (
     log_stop,
 )
 from django_eventsource.store import BaseEventStore, EventStore
+from django_eventsource.transactions import write_transaction
 from django_eventsource.validation import check_run_tenant
 
 if TYPE_CHECKING:
@@ -550,7 +551,7 @@ class ProjectionRunner:
         label, tenant, using = projection.label, self.tenant_id, projection.database
         state = self._state()
         store = self.event_store
-        with transaction.atomic(using=using):
+        with write_transaction(using):
             # SQLite: the first write takes the write lock (no append is open after it).
             state.heartbeat(label, tenant, using, owner=owner)
             if isinstance(store, EventStore):

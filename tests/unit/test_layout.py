@@ -4,6 +4,7 @@
 2. The stores import nothing above them: inline projections reach them through the hook that
    ``AppConfig.ready()`` installs.
 3. Only the PostgreSQL wing (``backends/postgresql/``) writes PostgreSQL's ordering SQL.
+4. The package opens its transactions with ``transactions.write_transaction``.
 
 And the public import paths keep working: every name in every ``__all__``, and the admin
 classes the docs tell users to subclass.
@@ -174,6 +175,34 @@ def test_only_the_postgresql_wing_writes_ordering_sql() -> None:
         if wing not in path.parents and ORDERING_SQL.search(_code_without_docstrings(path))
     }
     assert offenders == set()
+
+
+#: A transaction the package opens itself, not through ``write_transaction``.
+OWN_ATOMIC = re.compile(r"\.atomic\b|\bimport atomic\b|\bAtomic\(|\bBEGIN\b")
+
+
+def _opens_transactions(code: str) -> bool:
+    return bool(OWN_ATOMIC.search(code))
+
+
+def test_every_transaction_the_package_opens_is_a_write_transaction() -> None:
+    """Rule 4: the package opens its transactions with ``write_transaction`` (on SQLite
+    they begin IMMEDIATE); only ``transactions.py`` calls ``atomic`` itself."""
+    offenders = {
+        name
+        for name, path in MODULES.items()
+        if name != "django_eventsource.transactions"
+        and _opens_transactions(_code_without_docstrings(path))
+    }
+    assert offenders == set()
+
+
+def test_the_transaction_rule_sees_an_atomic_block() -> None:
+    """The check above can fail: it sees what the package used to write."""
+    assert _opens_transactions("with transaction.atomic(using=using):\n    pass")
+    assert _opens_transactions("@transaction.atomic\ndef f(): pass")
+    assert _opens_transactions("from django.db.transaction import atomic")
+    assert not _opens_transactions("with write_transaction(using):\n    pass")
 
 
 def _code_without_docstrings(path: Path) -> str:

@@ -28,11 +28,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import connections
 
 from django_eventsource.conf import database_alias
 from django_eventsource.constants import EVENT_TABLE as TABLE
 from django_eventsource.exceptions import NotSupportedOnBackend
+from django_eventsource.transactions import write_transaction
 
 __all__ = ["RebaseResult", "StampDiagnosis", "diagnose_stamps", "rebase_stamps"]
 
@@ -192,7 +193,7 @@ def rebase_stamps(
     using = database_alias(using)
     _require_postgresql(using)
     connection = connections[using]
-    with transaction.atomic(using=using), connection.cursor() as cursor:
+    with write_transaction(using), connection.cursor() as cursor:
         if not dry_run:
             cursor.execute(f"LOCK TABLE {TABLE} IN EXCLUSIVE MODE")
         before = _diagnose(cursor, using)
