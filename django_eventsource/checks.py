@@ -85,6 +85,44 @@ def check_environment(
     return messages
 
 
+#: The SQLite ``transaction_mode`` values that take the write lock at ``BEGIN``.
+_WRITE_LOCK_AT_BEGIN = ("IMMEDIATE", "EXCLUSIVE")
+
+
+@register(Tags.compatibility)
+def check_sqlite_transactions(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W004: a SQLite database of the event store or of a projection whose transactions
+    begin DEFERRED (no ``OPTIONS["transaction_mode"] = "IMMEDIATE"``)."""
+    aliases = [get_settings().database_alias]
+    aliases += [cls.using for cls in projection_registry.all() if cls.using]
+    messages: list[CheckMessage] = []
+    # Each alias once, in order; a bad type (E002) or an unknown alias (E003) is not ours.
+    for alias in dict.fromkeys(a for a in aliases if isinstance(a, str)):
+        if alias not in settings.DATABASES:
+            continue
+        connection = connections[alias]
+        if connection.vendor != "sqlite":
+            continue
+        mode = (connection.settings_dict.get("OPTIONS") or {}).get("transaction_mode")
+        if isinstance(mode, str) and mode.upper() in _WRITE_LOCK_AT_BEGIN:
+            continue
+        messages.append(
+            Warning(
+                f"SQLite database {alias!r} begins its transactions DEFERRED.",
+                hint=f"Set DATABASES[{alias!r}]['OPTIONS'] to include "
+                "{'transaction_mode': 'IMMEDIATE', 'timeout': 20}. django-eventsource "
+                "begins its own transactions IMMEDIATE, but one of yours that reads before "
+                "it appends or writes cannot wait for the write lock: while another "
+                "connection writes, SQLite fails it at once with 'database is locked', "
+                "whatever the timeout.",
+                id=f"{ID}.W004",
+            )
+        )
+    return messages
+
+
 @register(Tags.models)
 def check_projections(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any

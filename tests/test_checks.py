@@ -133,6 +133,59 @@ def test_w003_use_tz_off(settings: Any) -> None:
     assert "USE_TZ" in message.msg
 
 
+def _sqlite_options(monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]) -> None:
+    """The event store's database as SQLite with these OPTIONS (on PostgreSQL too: the
+    check reads the vendor and the settings, and never connects)."""
+    monkeypatch.setattr(connection, "vendor", "sqlite")
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", options)
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"timeout": 30}, {"transaction_mode": "DEFERRED"}, {"transaction_mode": None}]
+)
+def test_w004_sqlite_transactions_begin_deferred(
+    monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]
+) -> None:
+    _sqlite_options(monkeypatch, options)
+    [message] = our_messages()
+    assert message.id == "django_eventsource.W004"
+    assert isinstance(message, Warning)
+    assert message.msg == "SQLite database 'default' begins its transactions DEFERRED."
+    assert "'transaction_mode': 'IMMEDIATE'" in (message.hint or "")
+    assert "database is locked" in (message.hint or "")
+
+
+@pytest.mark.parametrize("mode", ["IMMEDIATE", "immediate", "EXCLUSIVE"])
+def test_w004_not_when_transactions_take_the_write_lock_at_begin(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    _sqlite_options(monkeypatch, {"transaction_mode": mode, "timeout": 20})
+    assert our_messages() == []
+
+
+def test_w004_not_on_postgresql(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connection, "vendor", "postgresql")
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", {})
+    assert our_messages() == []
+
+
+@pytest.mark.usefixtures("registry_snapshot")
+def test_w004_names_each_database_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event store's database and the projections' (an unknown alias is another
+    check's business)."""
+
+    class Here(DeclarativeProjection):
+        name = "checks_w004_here"
+        using = "default"
+
+    class Nowhere(DeclarativeProjection):
+        name = "checks_w004_nowhere"
+        using = "nowhere"
+
+    _sqlite_options(monkeypatch, {})
+    assert ids(our_messages()) == ["django_eventsource.W004"]
+
+
 # Projections ------------------------------------------------------------------------------
 
 
