@@ -552,10 +552,15 @@ class ProjectionRunner:
         state = self._state()
         store = self.event_store
         with write_transaction(using):
-            # SQLite: the first write takes the write lock (no append is open after it).
-            state.heartbeat(label, tenant, using, owner=owner)
+            # PostgreSQL: the lock-out first. At REPEATABLE READ or SERIALIZABLE the
+            # transaction's snapshot is taken by its first statement that reads: after the
+            # appends it waited for committed, so the batch loop reads their events (with
+            # the heartbeat first, it read under a snapshot from before them, and lost the
+            # events they had left to the rebuild). SQLite: the transaction took the write
+            # lock at BEGIN (no append is open after it).
             if isinstance(store, EventStore):
                 store.backend.lock_out_appends(connections[store.using])
+            state.heartbeat(label, tenant, using, owner=owner)
             outcome = self._batches(projection, run, checkpoints, owner, locked_out=True)
             if outcome == CAUGHT_UP:
                 state.finish(label, tenant, using, owner=owner, caught_up=True)
