@@ -37,6 +37,7 @@ __all__ = [
     "ProjectionSkipped",
     "RebuildAborted",
     "RebuildRefused",
+    "StaleSnapshot",
     "UnknownEventType",
     "UnknownTenant",
     "WrongExpectedVersion",
@@ -364,6 +365,40 @@ class EventAlreadyPassed(EventSourceError):
             "now would apply it out of order, so nothing was applied. Rebuild the projection "
             "to include it (a rebuild replays every event in order and resolves its dead "
             "letters)."
+        )
+
+
+class StaleSnapshot(EventSourceError):
+    """An append with inline projections ran in a transaction that reads under one snapshot
+    (``REPEATABLE READ`` or ``SERIALIZABLE``, PostgreSQL), taken before a change the inline
+    projections had to see: a rebuild of an inline projection started or handed over, or a
+    concurrent transaction wrote a row the append was about to write. Applying them under
+    that snapshot could lose an event or apply it twice, so the append raised this instead:
+    nothing was written, and the transaction cannot go on (its ``atomic`` block is marked
+    for rollback). Retry the whole transaction: a new one reads a new snapshot.
+    """
+
+    def __init__(
+        self,
+        aggregate_id: UUID,
+        tenant_id: str | None,
+        *,
+        isolation: str,
+        reason: str,
+        projection: str | None = None,
+    ) -> None:
+        self.aggregate_id = aggregate_id
+        self.tenant_id = tenant_id
+        self.isolation = isolation
+        self.reason = reason
+        self.projection = projection
+        tenant = f" (tenant {tenant_id!r})" if tenant_id else ""
+        which = f"inline projection {projection!r}" if projection else "its inline projections"
+        super().__init__(
+            f"The append to stream {aggregate_id}{tenant} runs in a {isolation.upper()} "
+            f"transaction whose snapshot is older than {reason}: applying {which} under it "
+            "could lose or double-apply events. Nothing was written; roll the transaction "
+            "back and retry it whole (a new transaction reads a new snapshot)."
         )
 
 

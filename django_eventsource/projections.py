@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, IntegrityError
 
 from django_eventsource.conf import database_alias
 from django_eventsource.events import DomainEvent, mark_event_types, marked_methods
-from django_eventsource.exceptions import ProjectionError, RebuildRefused
+from django_eventsource.exceptions import ProjectionError, RebuildRefused, StaleSnapshot
 from django_eventsource.rows import RowSet
 from django_eventsource.store import BaseEventStore, EventStore
 from django_eventsource.stored import StoredEvent
@@ -454,10 +455,15 @@ def run_inline(store: BaseEventStore, events: Sequence[StoredEvent]) -> None:
     """Apply every inline projection to freshly appended events, in the caller's transaction.
 
     A failure raises [`ProjectionError`][django_eventsource.ProjectionError], which rolls the
-    append back.
+    append back. In a transaction that reads under one snapshot (``REPEATABLE READ`` or
+    ``SERIALIZABLE`` on PostgreSQL), a snapshot older than something the projections must
+    see raises [`StaleSnapshot`][django_eventsource.StaleSnapshot] instead: the last
+    lock-out of appends (a rebuild's reset or hand-over, a shadow swap), or a concurrent
+    write to one of their rows (PostgreSQL's serialization failure, or a row created twice).
     """
     classes = projection_registry.inline()
-    deferred = _rebuilding(store, classes, events[0].tenant_id if events else None)
+    tenant_id = events[0].tenant_id if events else None
+    deferred, isolation = _rebuilding(store, classes, events)
     for cls in classes:
         if cls.name in deferred:
             continue  # a rebuild replays these events, then takes the projection back
@@ -471,42 +477,111 @@ def run_inline(store: BaseEventStore, events: Sequence[StoredEvent]) -> None:
             )
         with projection._atomic():
             # fresh: the events were appended in this transaction, so no row holds them yet.
-            rows = RowSet(
-                projection, tenant_id=events[0].tenant_id if events else None, fresh=True
-            )
-            rows.prefetch(events)
-            projection.apply_all(events, rows)
-            rows.flush()
+            rows = RowSet(projection, tenant_id=tenant_id, fresh=True)
+            flushing = False
+            try:
+                rows.prefetch(events)
+                projection.apply_all(events, rows)
+                flushing = True
+                rows.flush()
+            except (DatabaseError, ProjectionError) as exc:
+                if isolation and _stale(exc, flushing):
+                    raise StaleSnapshot(
+                        events[0].aggregate_id,
+                        tenant_id,
+                        isolation=isolation,
+                        reason="a concurrent transaction's write to a row this append writes",
+                        projection=projection.label,
+                    ) from exc
+                raise
+
+
+#: SQLSTATE serialization_failure: a row changed after a REPEATABLE READ or SERIALIZABLE
+#: transaction's snapshot (or SERIALIZABLE's read/write dependencies).
+_SERIALIZATION_FAILURE = "40001"
+#: SQLSTATE unique_violation.
+_UNIQUE_VIOLATION = "23505"
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error (Django's, chained from the driver's), else None."""
+    if isinstance(exc, ProjectionError):
+        exc = exc.cause
+    driver = exc.__cause__
+    return getattr(driver, "sqlstate", None) or getattr(driver, "pgcode", None)
+
+
+def _stale(exc: BaseException, flushing: bool) -> bool:
+    """Whether an inline projection's failure, under one snapshot, comes from that snapshot:
+    a serialization failure, or (writing the rows) a row created after the snapshot by a
+    concurrent append, which a unique constraint on its lookup then refuses."""
+    state = _sqlstate(exc)
+    return state == _SERIALIZATION_FAILURE or (
+        flushing and state == _UNIQUE_VIOLATION and isinstance(exc, IntegrityError)
+    )
 
 
 def _rebuilding(
-    store: BaseEventStore, classes: Sequence[type[Projection]], tenant_id: str | None
-) -> set[str]:
-    """The inline projections (names) that a rebuild is replaying for this tenant (or for
-    every tenant): appends leave them alone meanwhile, also while that rebuild is
-    suspended (paused, or failed: ``suspended_rebuild``).
+    store: BaseEventStore, classes: Sequence[type[Projection]], events: Sequence[StoredEvent]
+) -> tuple[set[str], str | None]:
+    """The inline projections (names) that a rebuild is replaying for the events' tenant
+    (or for every tenant): appends leave them alone meanwhile, also while that rebuild is
+    suspended (paused, or failed: ``suspended_rebuild``); and the transaction's isolation
+    level when it reads under one snapshot (PostgreSQL, ``repeatable read`` or
+    ``serializable``), else None.
 
     One query per append. A rebuild starts and ends only while appends are locked out (its
     reset and its hand-over), so an append reads the change after it is committed or
     before it started; either way its events reach the rows exactly once. Pausing,
-    failing and resuming a rebuild never start or end it.
+    failing and resuming a rebuild never start or end it. That holds at READ COMMITTED,
+    where this query takes a new snapshot after the append's lock; under an older snapshot
+    the query first runs into the fence the lock-outs bump (``Backend.inline_probe``), and
+    raises [`StaleSnapshot`][django_eventsource.StaleSnapshot] when one committed since.
     """
     if not classes or not isinstance(store, EventStore):
-        return set()
+        return set(), None
+    from django.db import connections
     from django.db.models import Q
 
     from django_eventsource.constants import NO_TENANT
     from django_eventsource.models import ProjectionState, ProjectionStatus
 
-    return set(
-        ProjectionState.objects.using(store.using)
-        .filter(
-            Q(status=ProjectionStatus.REBUILDING) | Q(suspended_rebuild=True),
-            name__in=[cls.name for cls in classes],
-            tenant_id__in={NO_TENANT, tenant_id or NO_TENANT},
-        )
-        .values_list("name", flat=True)
-    )
+    tenant_id = events[0].tenant_id if events else None
+    names = [str(cls.name) for cls in classes]
+    tenants = sorted({NO_TENANT, tenant_id or NO_TENANT})
+    probe = store.backend.inline_probe(names, tenants)
+    if probe is None:
+        return set(
+            ProjectionState.objects.using(store.using)
+            .filter(
+                Q(status=ProjectionStatus.REBUILDING) | Q(suspended_rebuild=True),
+                name__in=names,
+                tenant_id__in=tenants,
+            )
+            .values_list("name", flat=True)
+        ), None
+    sql, params, fence = probe
+    # At READ COMMITTED this read takes a new snapshot, after the append's lock. Under one
+    # snapshot, the fence tells whether a lock-out committed since it was taken. (A plain
+    # read fails with a serialization failure only at SERIALIZABLE.)
+    isolation = "serializable"
+    try:
+        with connections[store.using].cursor() as cursor:
+            cursor.execute(sql, params)
+            isolation, deferred = cursor.fetchone()
+            if isolation != "read committed":
+                cursor.execute(fence)
+    except DatabaseError as exc:
+        if _sqlstate(exc) != _SERIALIZATION_FAILURE:
+            raise
+        raise StaleSnapshot(
+            events[0].aggregate_id,
+            tenant_id,
+            isolation=isolation,
+            reason="a lock-out of appends that committed since (a rebuild of an inline "
+            "projection started or handed it back, or a shadow rebuild swapped it in)",
+        ) from exc
+    return set(deferred), None if isolation == "read committed" else isolation
 
 
 class InlineProjections:

@@ -62,8 +62,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from django.db import DatabaseError, OperationalError, connections
 from django.db.backends.signals import connection_created
 
+from django_eventsource.backends import backend_for
 from django_eventsource.checkpoints import _AsyncTwins
-from django_eventsource.constants import EVENT_TABLE, NO_TENANT
+from django_eventsource.constants import NO_TENANT
 from django_eventsource.exceptions import (
     NotSupportedOnBackend,
     ProjectionError,
@@ -652,10 +653,11 @@ def _swap(projection: Projection, runner: _Runner, schema: str, result: Any) -> 
     with write_transaction(using):
         with connection.cursor() as cursor:
             cursor.execute(f"SET LOCAL lock_timeout = '{int(SWAP_LOCK_TIMEOUT * 1000)}ms'")
-            if projection.inline:
-                # Appends write an inline projection's live rows in their own transaction:
-                # wait for those in flight, and make new ones wait until we commit.
-                cursor.execute(f"LOCK TABLE {EVENT_TABLE} IN EXCLUSIVE MODE")
+        if projection.inline:
+            # Appends write an inline projection's live rows in their own transaction:
+            # wait for those in flight, and make new ones wait until we commit (and those
+            # whose snapshot is older than the commit run into the fence: StaleSnapshot).
+            backend_for(connection).lock_out_appends(connection, exclusive=True)
         states = ProjectionState.objects.using(using)
         states.get_or_create(name=label, tenant_id=NO_TENANT)
         # A live runner's batch in flight commits first; its next one waits, then is fenced.

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from uuid import UUID
 
-from django.db import IntegrityError, connections
+from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
 from django_eventsource import metrics
@@ -55,6 +55,7 @@ from django_eventsource.exceptions import (
     AppendTimeout,
     ConcurrencyError,
     PositionNotFound,
+    StaleSnapshot,
 )
 from django_eventsource.logs import tenant_text
 from django_eventsource.memorystore import InMemoryEventStore
@@ -208,6 +209,13 @@ class EventStore(BaseEventStore):
                         outcome = self._insert(batch, connection)
                         if isinstance(outcome, list) and outcome:
                             self._run_after_append(outcome)
+            except StaleSnapshot:
+                # The snapshot of the caller's transaction is too old for its inline
+                # projections: nothing else it does can be trusted to commit. Its atomic
+                # block rolls back (Django refuses further queries in it), to be retried.
+                if connection.in_atomic_block:
+                    transaction.set_rollback(True, using=self.using)
+                raise
             except IntegrityError as exc:
                 error: IntegrityError = exc
                 version_conflict = self.backend.is_version_conflict(exc)

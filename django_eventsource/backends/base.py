@@ -163,9 +163,29 @@ class Backend(ABC):
         caller's transaction ends, so that concurrent appends cannot both insert one row."""
 
     @abstractmethod
-    def lock_out_appends(self, connection: BaseDatabaseWrapper) -> None:
+    def lock_out_appends(
+        self, connection: BaseDatabaseWrapper, *, exclusive: bool = False
+    ) -> None:
         """Make appends wait until the caller's transaction ends, and wait for the appending
-        transactions already open to end (a rebuild's hand-over of an inline projection)."""
+        transactions already open to end (a rebuild's reset and hand-over of an inline
+        projection; ``exclusive``: a shadow swap's, in the stronger mode it takes).
+
+        It must be the caller's first statement: at ``REPEATABLE READ`` or ``SERIALIZABLE``
+        the transaction's snapshot is then taken after the appends it waited for ended, so it
+        reads their events. Appends whose transaction reads under a snapshot older than the
+        lock-out's commit must not apply inline projections under it: see ``inline_probe``.
+        """
+
+    def inline_probe(
+        self, names: Sequence[str], tenants: Sequence[str]
+    ) -> tuple[str, list[Any], str] | None:
+        """What an append with inline projections reads (``projections.run_inline``): a
+        statement that returns the transaction's isolation level and which of ``names`` a
+        rebuild replays for one of ``tenants`` (its parameters), and one that fails with a
+        serialization failure when the transaction reads under a snapshot older than the
+        last lock-out (run only when the level is not READ COMMITTED). None where the ORM's
+        query does: writers are serialized, no snapshot predates a lock-out."""
+        return None
 
     def listener(self, using: str) -> Listener | None:
         """A connection that wakes followers on new events; None where they only poll."""

@@ -42,7 +42,9 @@ class SQLiteBackend(Backend):
         """Nothing to do: SQLite serializes writers, so a second append waits for the first
         to commit before it looks for the row."""
 
-    def lock_out_appends(self, connection: BaseDatabaseWrapper) -> None:
+    def lock_out_appends(
+        self, connection: BaseDatabaseWrapper, *, exclusive: bool = False
+    ) -> None:
         """Nothing to do: SQLite serializes writers, so the caller's first write takes the
         database's write lock, which waits for the open appending transaction and makes
         the next ones wait."""

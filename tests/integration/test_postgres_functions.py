@@ -14,6 +14,7 @@ from django_eventsource import EventStore
 from django_eventsource.backends.postgresql.backend import (
     APPEND_FUNCTION,
     HORIZON_FUNCTION,
+    LOCKOUT_TABLE,
     PROBE_TABLE,
     ensure_append_function,
 )
@@ -74,8 +75,9 @@ def test_the_functions_pin_their_search_path(shadow_schema: None) -> None:
 
 def missing() -> list[bool]:
     [row] = query(
-        "SELECT to_regprocedure(%s) IS NULL, to_regprocedure(%s) IS NULL, to_regclass(%s) IS NULL",
-        [APPEND_FUNCTION, HORIZON_FUNCTION, PROBE_TABLE],
+        "SELECT to_regprocedure(%s) IS NULL, to_regprocedure(%s) IS NULL, "
+        "to_regclass(%s) IS NULL, to_regclass(%s) IS NULL",
+        [APPEND_FUNCTION, HORIZON_FUNCTION, PROBE_TABLE, LOCKOUT_TABLE],
     )
     return list(row)
 
@@ -86,11 +88,13 @@ def test_post_migrate_creates_the_functions_where_tables_exist_without_them() ->
     try:
         execute(
             f"DROP FUNCTION {APPEND_FUNCTION}; DROP FUNCTION {HORIZON_FUNCTION}; "
-            f"DROP TABLE {PROBE_TABLE}"
+            f"DROP TABLE {PROBE_TABLE}; DROP TABLE {LOCKOUT_TABLE}"
         )
-        assert missing() == [True, True, True]
+        assert missing() == [True, True, True, True]
         ensure_append_function(sender=None, using="default")
-        assert missing() == [False, False, False]
+        assert missing() == [False, False, False, False]
+        # The fence has its row: a lock-out bumps it, an append under one snapshot probes it.
+        assert query(f"SELECT id, generation FROM {LOCKOUT_TABLE}") == [(1, 0)]
     finally:
         ensure_append_function(sender=None, using="default")
     stream = uuid4()
@@ -101,7 +105,8 @@ def test_post_migrate_creates_the_functions_where_tables_exist_without_them() ->
 
 def test_sqlite_needs_no_function(vendor: str) -> None:
     if vendor != "sqlite":
-        assert missing() == [False, False, False]
+        assert missing() == [False, False, False, False]
         return
     ensure_append_function(sender=None, using="default")  # nothing to create, no error
-    assert not query("SELECT name FROM sqlite_master WHERE name = %s", [PROBE_TABLE])
+    for table in (PROBE_TABLE, LOCKOUT_TABLE):
+        assert not query("SELECT name FROM sqlite_master WHERE name = %s", [table])

@@ -104,11 +104,43 @@ class PostgreSQLBackend(Backend):
                 [ROW_LOCK_CLASS, sorted(set(keys))],
             )
 
-    def lock_out_appends(self, connection: BaseDatabaseWrapper) -> None:
+    def lock_out_appends(
+        self, connection: BaseDatabaseWrapper, *, exclusive: bool = False
+    ) -> None:
         # Every append takes ROW EXCLUSIVE on the event table first; SHARE conflicts with it
         # (and with nothing readers take), until the caller's transaction ends.
+        #
+        # Then the fence (migration 0012): an append whose transaction reads under a snapshot
+        # older than this lock-out's commit (REPEATABLE READ, SERIALIZABLE) runs into the
+        # bumped row and raises StaleSnapshot (``projections.run_inline``). Lock-outs take
+        # the fence's table lock before the bump, so they run one after the other; LOCK
+        # TABLE takes no snapshot, so at REPEATABLE READ the bump's snapshot is taken after
+        # the previous lock-out committed, and the bump cannot fail on it.
+        mode = "EXCLUSIVE" if exclusive else "SHARE"
         with connection.cursor() as cursor:
-            cursor.execute(f"LOCK TABLE {TABLE} IN SHARE MODE")
+            cursor.execute(f"LOCK TABLE {TABLE} IN {mode} MODE")
+            cursor.execute(f"LOCK TABLE {LOCKOUT_TABLE} IN EXCLUSIVE MODE")
+            cursor.execute(
+                f"INSERT INTO {LOCKOUT_TABLE} AS f (id, generation) VALUES (1, 1) "
+                "ON CONFLICT (id) DO UPDATE SET generation = f.generation + 1"
+            )
+
+    def inline_probe(
+        self, names: Sequence[str], tenants: Sequence[str]
+    ) -> tuple[str, list[Any], str]:
+        from django_eventsource.models import ProjectionState, ProjectionStatus
+
+        states = ProjectionState._meta.db_table
+        read = (
+            "SELECT current_setting('transaction_isolation'), "
+            f"ARRAY(SELECT name FROM {states} WHERE (status = %s OR suspended_rebuild) "
+            "AND name = ANY(%s) AND tenant_id = ANY(%s))"
+        )
+        # PostgreSQL answers an INSERT … ON CONFLICT whose conflicting row is invisible to
+        # the transaction's snapshot (a lock-out bumped it, or created it, since) with a
+        # serialization failure. The row is inserted only where it is missing.
+        fence = f"INSERT INTO {LOCKOUT_TABLE} (id) VALUES (1) ON CONFLICT (id) DO NOTHING"
+        return read, [str(ProjectionStatus.REBUILDING), list(names), list(tenants)], fence
 
     def time_bucket_sql(self, column: str) -> str:
         return f"floor((EXTRACT(EPOCH FROM {column}) - %s) * %s)::bigint"
@@ -223,6 +255,8 @@ APPEND_FUNCTION = (
 HORIZON_FUNCTION = "django_eventsource_horizon_v3(pg_snapshot)"
 #: The table a non-READ COMMITTED append writes (and rolls back) to take a fresh id.
 PROBE_TABLE = "django_eventsource_xid_probe"
+#: The fence every lock-out bumps (migration 0012).
+LOCKOUT_TABLE = "django_eventsource_lockout"
 
 
 def ensure_append_function(sender: Any, using: str = "default", **kwargs: Any) -> None:
@@ -231,8 +265,9 @@ def ensure_append_function(sender: Any, using: str = "default", **kwargs: Any) -
 
     Tables made without running the migrations (``migrate --run-syncdb`` with migrations
     disabled, as pytest-django's ``--nomigrations`` does) lack the functions of migrations
-    0004, 0008 and 0009 and the probe table, and every append and read would fail. Nothing happens when they
-    exist, off PostgreSQL, or while the app's migrations are being reversed.
+    0004, 0008 and 0009, the probe table and the lock-out fence of 0012, and every append and
+    read would fail. Nothing happens when they exist, off PostgreSQL, or while the app's
+    migrations are being reversed.
     """
     connection = connections[using]
     if connection.vendor != "postgresql":
@@ -243,8 +278,9 @@ def ensure_append_function(sender: Any, using: str = "default", **kwargs: Any) -
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT to_regclass(%s) IS NOT NULL, to_regprocedure(%s) IS NOT NULL, "
-            "to_regprocedure(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
-            [TABLE, APPEND_FUNCTION, HORIZON_FUNCTION, PROBE_TABLE],
+            "to_regprocedure(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL, "
+            "to_regclass(%s) IS NOT NULL",
+            [TABLE, APPEND_FUNCTION, HORIZON_FUNCTION, PROBE_TABLE, LOCKOUT_TABLE],
         )
         row = cursor.fetchone()
         if row is None or not row[0] or all(row[1:]):
@@ -252,5 +288,6 @@ def ensure_append_function(sender: Any, using: str = "default", **kwargs: Any) -
         frozen = import_module("django_eventsource.migrations.0004_writer_scoped_horizon")
         horizon = import_module("django_eventsource.migrations.0009_horizon_committing_writers")
         guarded = import_module("django_eventsource.migrations.0008_guarded_append")
-        for sql in (frozen.PROBE, guarded.APPEND, horizon.HORIZON):
+        fence = import_module("django_eventsource.migrations.0012_append_lockout_fence")
+        for sql in (frozen.PROBE, guarded.APPEND, horizon.HORIZON, fence.TABLE, fence.ROW):
             cursor.execute(sql)
