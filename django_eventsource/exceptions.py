@@ -30,6 +30,7 @@ __all__ = [
     "IllegalTransition",
     "InvalidAppend",
     "InvalidEventPayload",
+    "IsolationNotSupported",
     "NotSupportedOnBackend",
     "PositionNotFound",
     "ProjectionError",
@@ -399,6 +400,32 @@ class StaleSnapshot(EventSourceError):
             f"transaction whose snapshot is older than {reason}: applying {which} under it "
             "could lose or double-apply events. Nothing was written; roll the transaction "
             "back and retry it whole (a new transaction reads a new snapshot)."
+        )
+
+
+class IsolationNotSupported(EventSourceError):
+    """An inline projection would create a read-model row, in a ``REPEATABLE READ`` or
+    ``SERIALIZABLE`` transaction (PostgreSQL), whose lookup no unique constraint covers.
+
+    Under such a snapshot a row that a concurrent append created after it is invisible, and
+    only a unique constraint on the lookup's fields stops the append from creating a second
+    one (a retry then reads a new snapshot). Without one the library cannot tell, so it
+    refuses: nothing was written. Add a unique constraint on those fields, or append at
+    ``READ COMMITTED``.
+    """
+
+    def __init__(self, model: Any, lookup: dict[str, Any], isolation: str) -> None:
+        self.model = model
+        self.lookup = lookup
+        self.isolation = isolation
+        name = getattr(model, "__name__", str(model))
+        fields = ", ".join(sorted(lookup))
+        super().__init__(
+            f"Cannot create a {name} row ({fields}) in a {isolation.upper()} transaction: no "
+            f"unique constraint of {name} covers those fields, so a row that a concurrent "
+            "append created after this transaction's snapshot could be created twice. "
+            "Nothing was written. Add a unique constraint on fields among those, or append "
+            "at READ COMMITTED."
         )
 
 

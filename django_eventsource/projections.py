@@ -34,7 +34,12 @@ from django.db import DatabaseError, IntegrityError
 
 from django_eventsource.conf import database_alias
 from django_eventsource.events import DomainEvent, mark_event_types, marked_methods
-from django_eventsource.exceptions import ProjectionError, RebuildRefused, StaleSnapshot
+from django_eventsource.exceptions import (
+    IsolationNotSupported,
+    ProjectionError,
+    RebuildRefused,
+    StaleSnapshot,
+)
 from django_eventsource.rows import RowSet
 from django_eventsource.store import BaseEventStore, EventStore
 from django_eventsource.stored import StoredEvent
@@ -477,7 +482,7 @@ def run_inline(store: BaseEventStore, events: Sequence[StoredEvent]) -> None:
             )
         with projection._atomic():
             # fresh: the events were appended in this transaction, so no row holds them yet.
-            rows = RowSet(projection, tenant_id=tenant_id, fresh=True)
+            rows = RowSet(projection, tenant_id=tenant_id, fresh=True, isolation=isolation)
             flushing = False
             try:
                 rows.prefetch(events)
@@ -485,6 +490,10 @@ def run_inline(store: BaseEventStore, events: Sequence[StoredEvent]) -> None:
                 flushing = True
                 rows.flush()
             except (DatabaseError, ProjectionError) as exc:
+                if isinstance(exc, ProjectionError) and isinstance(
+                    exc.cause, IsolationNotSupported
+                ):
+                    raise exc.cause from exc  # the append's to refuse, not the handler's error
                 if isolation and _stale(exc, flushing):
                     raise StaleSnapshot(
                         events[0].aggregate_id,
@@ -514,7 +523,7 @@ def _sqlstate(exc: BaseException) -> str | None:
 def _stale(exc: BaseException, flushing: bool) -> bool:
     """Whether an inline projection's failure, under one snapshot, comes from that snapshot:
     a serialization failure, or (writing the rows) a row created after the snapshot by a
-    concurrent append, which a unique constraint on its lookup then refuses."""
+    concurrent append, which the unique constraint that ``RowSet`` requires then refuses."""
     state = _sqlstate(exc)
     return state == _SERIALIZATION_FAILURE or (
         flushing and state == _UNIQUE_VIOLATION and isinstance(exc, IntegrityError)

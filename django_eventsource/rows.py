@@ -31,6 +31,7 @@ from django_eventsource.exceptions import (
     EventAlreadyPassed,
     EventGapError,
     EventSourceError,
+    IsolationNotSupported,
     PositionNotFound,
 )
 from django_eventsource.store import BaseEventStore, EventStore
@@ -90,6 +91,7 @@ class RowSet:
         tenant_id: str | None = None,
         fresh: bool = False,
         strict: bool = False,
+        isolation: str | None = None,
     ) -> None:
         self.projection = projection
         self.using = projection.database
@@ -106,6 +108,12 @@ class RowSet:
         #: and the row is looked up again once the lock is held (a READ COMMITTED statement
         #: then sees the row another append committed meanwhile). SQLite serializes writers.
         self._guard_new = self._lock and fresh
+        #: ``isolation``: the transaction reads under one snapshot (``repeatable read``,
+        #: ``serializable``). The second look cannot see a row that another append created
+        #: after that snapshot: only a unique constraint on the lookup's fields stops a
+        #: second row (the insert fails, and the append raises StaleSnapshot). A new row
+        #: whose lookup no unique constraint covers is refused (IsolationNotSupported).
+        self._snapshot_isolation = isolation if self._guard_new else None
         #: The event being handled and its position (see `handling`), so that
         #: ``get`` need not read the position back from the pydantic event (a slow lookup).
         self._event: DomainEvent | None = None
@@ -161,6 +169,8 @@ class RowSet:
                     queryset = queryset.filter(**{f"{field}__in": ids})
                 found = {getattr(row, field): row for row in queryset}
                 missing = [i for i in ids if i not in found]
+                if missing and self._snapshot_isolation:
+                    self._check_creatable(model, {field: missing[0], **lookup})
                 if missing and self._guard_new:
                     lookups = [{field: i, **lookup} for i in missing]
                     _lock_new_rows(self.using, model, lookups)
@@ -191,6 +201,8 @@ class RowSet:
                 row = self._queryset(model).filter(**lookup).first()
             self._rows[key] = row
         if row is None:
+            if self._snapshot_isolation:
+                self._check_creatable(model, lookup)
             row = self._rows[key] = model(**lookup)
         elif self._deleted and id(row) in self._deleted:
             return None
@@ -234,6 +246,12 @@ class RowSet:
             row.last_event_position = position
         self._dirty[id(row)] = row
         return cast("M", row)
+
+    def _check_creatable(self, model: type[models.Model], lookup: dict[str, Any]) -> None:
+        """Under one snapshot, a new row needs a unique constraint among its lookup's fields
+        (see ``_snapshot_isolation``); IsolationNotSupported if none has one."""
+        if not _unique_among(model, frozenset(lookup)):
+            raise IsolationNotSupported(model, lookup, self._snapshot_isolation or "")
 
     def _key(
         self, position: int, model: type[models.Model], lookup: dict[str, Any]
@@ -336,6 +354,22 @@ def _group(rows: Iterable[models.Model]) -> dict[type[models.Model], list[models
 
 def _describe(lookup: dict[str, Any]) -> str:
     return ", ".join(f"{name}={value!r}" for name, value in sorted(lookup.items()))
+
+
+@functools.cache
+def _unique_among(model: type[models.Model], names: frozenset[str]) -> bool:
+    """Whether a unique field, ``unique_together`` or unconditional ``UniqueConstraint`` of
+    ``model`` lies among the lookup's ``names`` (field names or columns' attnames), so that
+    the database refuses a second row with the same lookup."""
+    meta = model._meta
+    by_attname = {f.attname: f.name for f in meta.concrete_fields}
+    given = {by_attname.get(name, name) for name in names}
+    if "pk" in given and meta.pk is not None:
+        given.add(meta.pk.name)
+    unique = [{f.name} for f in meta.concrete_fields if f.unique]
+    unique += [set(fields) for fields in meta.unique_together]
+    unique += [set(c.fields) for c in meta.total_unique_constraints]
+    return any(fields and fields <= given for fields in unique)
 
 
 @functools.cache

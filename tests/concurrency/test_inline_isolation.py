@@ -17,9 +17,11 @@ snapshot it read them as they were when the transaction's first statement ran:
 
 Now every lock-out bumps a fence row, an append under one snapshot runs into it, and such an
 append raises ``StaleSnapshot`` (nothing written, its transaction marked for rollback); the
-retry, a new transaction, applies the event exactly once. A rebuild that runs under one
-snapshot itself (``OPTIONS={"isolation_level": ...}`` is every transaction's) takes its
-lock-outs before it reads, so it reads what the appends it waited for wrote.
+retry, a new transaction, applies the event exactly once. A new row whose lookup no unique
+constraint covers is refused (``IsolationNotSupported``): nothing could stop a second copy.
+A rebuild that runs under one snapshot itself (``OPTIONS={"isolation_level": ...}`` is every
+transaction's) takes its lock-outs before it reads, so it reads what the appends it waited for
+wrote.
 
 SQLite serializes writers (the suite's transactions take the write lock at BEGIN): the same
 sequences end with the same counts, the later writer waiting for the earlier one.
@@ -31,7 +33,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 from uuid import uuid4
 
 import pytest
@@ -39,8 +41,11 @@ from django.db import connection, transaction
 from django.db.transaction import TransactionManagementError
 
 from django_eventsource import (
+    DeclarativeProjection,
     EventStore,
+    IsolationNotSupported,
     StaleSnapshot,
+    handles,
 )
 from django_eventsource.constants import EVENT_TABLE
 from django_eventsource.models import Event, ProjectionState
@@ -49,7 +54,7 @@ from tests.concurrency.inline_rows import InlineTenantTotal, register, restore
 from tests.concurrency.test_inline_new_rows import WAIT, Actor, waits_on_a_lock
 from tests.helpers import all_events, wait_for
 from tests.testapp.events import TaskCreated
-from tests.testapp.models import Note, TenantStats
+from tests.testapp.models import Note, TaskSummary, TenantStats
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -344,3 +349,112 @@ def a_lock_out_waits() -> bool:
             [f"LOCK TABLE {EVENT_TABLE} IN %"],
         )
         return bool(cursor.fetchone()[0])
+
+
+class TitledSummaries(DeclarativeProjection):
+    """Inline, one TaskSummary per title: no unique constraint covers (tenant_id, title).
+    Registered only by the test (its name is set after the class statement)."""
+
+    inline = True
+    models = (TaskSummary,)
+
+    @handles(TaskCreated)
+    def created(self, event: TaskCreated) -> None:
+        if row := self.row(TaskSummary, event, title=event.title):
+            row.task_id = event.aggregate_id
+            row.events_applied += 1
+
+
+TitledSummaries.name = "titled_summaries"
+
+
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", *LEVELS])
+def test_a_new_row_no_unique_constraint_covers_is_refused_under_one_snapshot(
+    vendor: str, isolation: str
+) -> None:
+    """Under one snapshot a second look cannot see a row another append created since,
+    and without a unique constraint nothing would stop a second copy: the append refuses
+    (IsolationNotSupported, nothing written). At READ COMMITTED (and on SQLite) the row is
+    created as before."""
+    from django_eventsource import projection_registry
+
+    previous = dict(projection_registry._classes)
+    projection_registry.register(TitledSummaries)
+    try:
+        with transaction.atomic():
+            if vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+            if vendor == "postgresql" and isolation != "READ COMMITTED":
+                with pytest.raises(IsolationNotSupported) as info:
+                    append("acme")
+                assert info.value.model is TaskSummary
+                assert set(info.value.lookup) == {"tenant_id", "title"}
+                assert info.value.isolation == isolation.lower()
+            else:
+                append("acme")
+        expected = 0 if vendor == "postgresql" and isolation != "READ COMMITTED" else 1
+        assert Event.objects.count() == expected
+        assert TaskSummary.objects.count() == expected
+    finally:
+        projection_registry._classes.clear()
+        projection_registry._classes.update(previous)
+
+
+class StreamSummaries(DeclarativeProjection):
+    """Inline, one TaskSummary per stream, prefetched by ``row_keys``: the unique
+    constraint (tenant_id, task_id) covers the lookup. Registered only by the test."""
+
+    inline = True
+    models = (TaskSummary,)
+    row_keys: ClassVar = {TaskSummary: "task_id"}
+
+    @handles(TaskCreated)
+    def created(self, event: TaskCreated) -> None:
+        if row := self.row(TaskSummary, event, task_id=event.aggregate_id):
+            row.title = event.title
+
+
+StreamSummaries.name = "stream_summaries"
+
+
+@pytest.mark.parametrize("isolation", LEVELS)
+def test_new_rows_a_unique_constraint_covers_are_created_under_one_snapshot(
+    vendor: str, isolation: str
+) -> None:
+    """The batch path (``row_keys``, one query for the streams' rows) creates new rows under
+    one snapshot when a unique constraint covers their lookup."""
+    from django_eventsource import projection_registry
+
+    previous = dict(projection_registry._classes)
+    projection_registry.register(StreamSummaries)
+    try:
+        with transaction.atomic():
+            if vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+            append("acme")
+        assert list(TaskSummary.objects.values_list("tenant_id", "title")) == [("acme", "i")]
+    finally:
+        projection_registry._classes.clear()
+        projection_registry._classes.update(previous)
+
+
+@pytest.mark.parametrize(
+    ("model", "lookup", "unique"),
+    [
+        (TaskSummary, {"tenant_id", "task_id"}, True),  # a UniqueConstraint
+        (TaskSummary, {"tenant_id", "task_id", "title"}, True),
+        (TaskSummary, {"tenant_id", "title"}, False),
+        (TaskSummary, {"task_id"}, False),  # the constraint includes tenant_id
+        (TenantStats, {"tenant_id"}, True),  # unique=True
+        (TaskSummary, {"pk"}, True),
+        (TaskSummary, {"id"}, True),
+    ],
+)
+def test_which_lookups_a_unique_constraint_covers(
+    model: Any, lookup: set[str], unique: bool
+) -> None:
+    from django_eventsource.rows import _unique_among
+
+    assert _unique_among(model, frozenset(lookup)) is unique
