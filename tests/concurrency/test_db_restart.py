@@ -191,5 +191,10 @@ def test_active_and_standby_both_survive(child_db_url: str) -> None:
         for worker in workers:
             outputs.append(worker.communicate(timeout=60))
             print(f"worker exit {worker.returncode}; stderr:\n{outputs[-1][1]}")  # on failure
-    assert [w.returncode for w in workers] == [0, 0]
+    for worker, (_, err) in zip(workers, outputs, strict=True):
+        # 0, or the documented 1 of a follower whose session died in the middle of a batch
+        # and whose lock the other worker then took (the batch rolled back, the other one
+        # redid it): which of the two happens depends on where the restarts land.
+        lost = "Lost the lock of task_board to another runner while applying events" in err
+        assert worker.returncode == 0 or (worker.returncode == 1 and lost), err
     assert wait_for(lambda: lock_holder() is None)
