@@ -44,8 +44,7 @@ from django_eventsource.checkpoints import DatabaseCheckpointStore
 from django_eventsource.exceptions import ProjectionLocked, RebuildAborted
 from django_eventsource.logs import tenant_text
 from django_eventsource.projections import truncate_read_models
-from django_eventsource.runner import ProgressCallback, ProjectionRunner, RunResult
-from django_eventsource.runner.loop import _LockLost
+from django_eventsource.runner import LockLost, ProgressCallback, ProjectionRunner, RunResult
 from django_eventsource.store import BaseEventStore, EventStore
 from django_eventsource.text import printable
 from django_eventsource.transactions import write_transaction
@@ -185,7 +184,7 @@ def rebuild(
                     with write_transaction(projection.database):
                         _reset(projection, tenant_id, runner)
                 runner.run_projection(projection, result)
-        except (_LockLost, ProjectionLocked) as exc:
+        except (LockLost, ProjectionLocked) as exc:
             # Another runner took the projection over mid-run (the fence rolled the batch in
             # hand back): report it as a run does, never as the runner's private error.
             holder = runner.holder(projection) or "another runner"

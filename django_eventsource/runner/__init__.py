@@ -15,7 +15,7 @@ The modules, one concept each (this package re-exports their public names):
 | `runner.policy` | the error policy: retry a failing event, then pause, dead-letter or raise |
 | `runner.held` | events the ordering horizon holds back: `settle` after a read, `HeldWatch` while idle |
 | `runner.progress` | `Reporter`: progress reports as log records (logger `django_eventsource.runner`) and metrics |
-| `runner.loop` | `ProjectionRunner`: the batch loop, locks, status, heartbeats, follow |
+| `runner.loop` | `ProjectionRunner`: the batch loop, locks, status, heartbeats, follow; `LockLost` |
 | `runner.catchup` | `catch_up`: the loop for one projection, raising instead of pausing |
 """
 
@@ -28,8 +28,15 @@ from django_eventsource.runner.batch import CatchUpResult, RunResult, apply_batc
 from django_eventsource.runner.catchup import catch_up
 from django_eventsource.runner.held import SETTLE_FIRST_PAUSE as SETTLE_FIRST_PAUSE
 from django_eventsource.runner.held import SETTLE_SECONDS as SETTLE_SECONDS
-from django_eventsource.runner.loop import ProjectionRunner
+from django_eventsource.runner.loop import LockLost, ProjectionRunner
 from django_eventsource.runner.progress import ProgressCallback as ProgressCallback
 from django_eventsource.runner.progress import Reporter as Reporter
 
-__all__ = ["CatchUpResult", "ProjectionRunner", "RunResult", "apply_batch", "catch_up"]
+__all__ = [
+    "CatchUpResult",
+    "LockLost",
+    "ProjectionRunner",
+    "RunResult",
+    "apply_batch",
+    "catch_up",
+]

@@ -20,7 +20,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 
 from django_eventsource.checkpoints import CheckpointStore, DatabaseCheckpointStore
 from django_eventsource.conf import ERROR_POLICIES, check_batch_size, check_seconds
-from django_eventsource.exceptions import ProjectionLocked
+from django_eventsource.exceptions import EventSourceError, ProjectionLocked
 from django_eventsource.locks import ProjectionLock, lock_for
 from django_eventsource.runner.batch import CatchUpResult, RunResult, between_batches
 from django_eventsource.runner.held import HeldWatch, settle
@@ -40,19 +40,27 @@ if TYPE_CHECKING:
     from django_eventsource.models import ProjectionState
     from django_eventsource.projections import Projection
 
-__all__ = ["ProjectionRunner"]
+__all__ = ["LockLost", "ProjectionRunner"]
 
 #: How the batch loop ended: caught up, an event failed (the projection is failed), or the
 #: runner was stopped (or reached ``max_events``) first.
 CAUGHT_UP, FAILED, STOPPED = "caught_up", "failed", "stopped"
 
 
-class _LockLost(Exception):
-    """The projection's lock (or its claim on the state row) is gone: another runner holds
-    it now."""
+class LockLost(EventSourceError):
+    """The projection's lock (or the runner's claim on its state row) is gone: another
+    runner holds it now.
+
+    Raised by [`run_projection`][django_eventsource.runner.loop.ProjectionRunner.run_projection]
+    when a heartbeat finds it so; a batch committed after that is refused by the fence
+    ([`ProjectionLocked`][django_eventsource.ProjectionLocked]). The runner's own entry points
+    (`run_until_caught_up`, `follow`) and [`rebuild`][django_eventsource.rebuild.rebuild]
+    report either in `RunResult.lost` instead of raising it; code that calls
+    ``run_projection`` itself catches both. ``label`` names the projection.
+    """
 
     def __init__(self, label: str) -> None:
-        super().__init__(label)
+        super().__init__(f"Lost the lock of projection {label!r}: another runner holds it now.")
         self.label = label
 
 
@@ -245,7 +253,7 @@ class ProjectionRunner:
                 continue
             try:
                 self.run_projection(projection, result)
-            except (_LockLost, ProjectionLocked):
+            except (LockLost, ProjectionLocked):
                 # Taken over mid-run: the batch in hand was rolled back by the fence.
                 result.lost.append(projection.label)
                 self.report(
@@ -291,12 +299,12 @@ class ProjectionRunner:
                     if not progressed and not self._halted():
                         self._held.check(p for p in self.projections if self.owner_of(p))
                         waker.wait(self._stop)
-                except (_LockLost, ProjectionLocked) as lost:
+                except (LockLost, ProjectionLocked) as lost:
                     # Another runner holds it now (our session died, it took over): stop
                     # working on it and wait as its standby. A ProjectionLocked is the
                     # fence: a batch in hand was rolled back, which the result keeps until
                     # this runner takes the projection back (run_projection).
-                    label = lost.label if isinstance(lost, _LockLost) else lost.projection
+                    label = lost.label if isinstance(lost, LockLost) else lost.projection
                     if isinstance(lost, ProjectionLocked) and label not in result.lost:
                         result.lost.append(label)
                     self.report("lock_lost", projection=label)
@@ -575,7 +583,7 @@ class ProjectionRunner:
 
     def _heartbeat(self, projection: Projection) -> None:
         """Every ``HEARTBEAT_INTERVAL``: show the runner lives, renew its lock (a lease),
-        and check that it still owns the projection; raises `_LockLost` if not."""
+        and check that it still owns the projection; raises `LockLost` if not."""
         if not self.managed:
             return
         now = time.monotonic()
@@ -588,7 +596,7 @@ class ProjectionRunner:
             projection.label, self.tenant_id, projection.database, owner=owner
         )
         if lock is None or not lock.renew() or not beat:
-            raise _LockLost(projection.label)
+            raise LockLost(projection.label)
         self._sample_lag(projection)
 
     def _sample_lag(self, projection: Projection) -> None:

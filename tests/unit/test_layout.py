@@ -160,6 +160,38 @@ def test_leaf_modules_import_nothing_from_the_package() -> None:
     assert GRAPH["django_eventsource.exceptions"] == {"django_eventsource.constants"}
 
 
+def _private_exceptions_imported() -> list[str]:
+    """``module: name`` for each exception class a package module imports, by a private
+    (underscore) name, from another module of the package."""
+    found = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.level or node.module not in MODULES:
+                continue
+            source = importlib.import_module(node.module)
+            for alias in node.names:
+                value = getattr(source, alias.name, None)
+                if (
+                    alias.name.startswith("_")
+                    and isinstance(value, type)
+                    and issubclass(value, BaseException)
+                ):
+                    found.append(f"{name}: {node.module}.{alias.name}")
+    return found
+
+
+def test_an_exception_that_crosses_modules_has_a_public_name() -> None:
+    """rebuild.py caught the runner's private ``_LockLost``: an exception another module
+    catches is part of what its owner offers, so it has a public, documented name there."""
+    assert _private_exceptions_imported() == []
+    from django_eventsource.runner import LockLost
+    from django_eventsource.runner.loop import LockLost as owned
+
+    assert LockLost is owned and issubclass(LockLost, django_eventsource.EventSourceError)
+    assert LockLost.__doc__ and "another runner holds it now" in str(LockLost("board"))
+    assert "LockLost" in importlib.import_module("django_eventsource.runner.loop").__all__
+
+
 #: PostgreSQL's ordering machinery: the horizon, stamps, advisory locks, LISTEN/NOTIFY.
 ORDERING_SQL = re.compile(
     r"pg_current_snapshot|pg_snapshot_x|pg_current_xact_id|pg_locks|pg_stat_activity"
