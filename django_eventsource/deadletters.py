@@ -46,7 +46,7 @@ from django_eventsource.models import DeadLetter, ProjectionState
 from django_eventsource.projections import projection_registry
 from django_eventsource.rows import RowSet
 from django_eventsource.store import BaseEventStore, EventStore
-from django_eventsource.text import printable
+from django_eventsource.text import plural, printable
 from django_eventsource.transactions import write_transaction
 
 if TYPE_CHECKING:
@@ -210,14 +210,14 @@ def dead_letter(
             },
         )
     logger.error(
-        "Dead-lettered event #%d (%s, stream %s version %d) of %s%s after %d attempts: %s",
+        "Dead-lettered event #%d (%s, stream %s version %d) of %s%s after %s: %s",
         event.position,
         printable(event.event_type),
         event.aggregate_id,
         event.aggregate_version,
         printable(projection.label),
         tenant_text(tenant_id),
-        attempts,
+        plural(attempts, "attempt"),
         printable(error.cause),
         extra={
             "projection": projection.label,

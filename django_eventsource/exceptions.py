@@ -103,7 +103,8 @@ class AppendTimeout(ConcurrencyError):
         self.args = (
             (
                 f"Gave up appending to stream {aggregate_id}{tenant} with ExpectedVersion.ANY "
-                f"after {attempts} attempts in {timeout:g} s: other writers kept taking the "
+                f"after {attempts} attempt{'' if attempts == 1 else 's'} in {timeout:g} s: "
+                "other writers kept taking the "
                 f"next version (now {actual_version}), or this transaction cannot see their "
                 "commits (REPEATABLE READ or SERIALIZABLE). Nothing was written."
             ),

@@ -46,7 +46,7 @@ from django_eventsource.logs import tenant_text
 from django_eventsource.projections import truncate_read_models
 from django_eventsource.runner import LockLost, ProgressCallback, ProjectionRunner, RunResult
 from django_eventsource.store import BaseEventStore, EventStore
-from django_eventsource.text import printable
+from django_eventsource.text import plural, printable
 from django_eventsource.transactions import write_transaction
 from django_eventsource.validation import check_run_tenant
 
@@ -260,11 +260,11 @@ def _logged(
         extra["swap_seconds"] = result.swap_seconds
     logger.log(
         logging.INFO if ended in ("finished", "swapped in") else logging.WARNING,
-        "%s of %s %s after %d events in %.1fs",
+        "%s of %s %s after %s in %.1fs",
         what,
         name,
         ended,
-        result.events_applied,
+        plural(result.events_applied, "event"),
         duration,
         extra=extra,
     )

@@ -72,7 +72,7 @@ from django_eventsource.exceptions import (
     RebuildAborted,
     RebuildRefused,
 )
-from django_eventsource.text import printable
+from django_eventsource.text import plural, printable
 from django_eventsource.transactions import write_transaction
 
 if TYPE_CHECKING:
@@ -576,7 +576,7 @@ def rebuild_in_shadow(
                 _build(projection, runner, schema, result)
         raise RebuildAborted(
             label,
-            f"the swap could not take its locks in {SWAP_ATTEMPTS} attempts (long "
+            f"the swap could not take its locks in {plural(SWAP_ATTEMPTS, 'attempt')} (long "
             "transactions on its tables?); the shadow is kept: run the shadow rebuild again "
             "to resume it",
             shadow=True,

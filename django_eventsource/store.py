@@ -61,6 +61,7 @@ from django_eventsource.logs import tenant_text
 from django_eventsource.memorystore import InMemoryEventStore
 from django_eventsource.pending import count_pending, count_pending_many
 from django_eventsource.stored import ReadResult, StoredEvent, _Stamps
+from django_eventsource.text import plural
 from django_eventsource.transactions import write_transaction
 from django_eventsource.validation import (
     Prepared,
@@ -248,11 +249,11 @@ class EventStore(BaseEventStore):
                     timeout=ANY_TIMEOUT,
                 )
                 logger.warning(
-                    "Append to stream %s%s gave up after %d attempts in %.0fs: other "
+                    "Append to stream %s%s gave up after %s in %.0fs: other "
                     "writers kept taking its next version",
                     batch.aggregate_id,
                     tenant_text(batch.tenant_id),
-                    attempt,
+                    plural(attempt, "attempt"),
                     ANY_TIMEOUT,
                     extra={
                         "stream": str(batch.aggregate_id),

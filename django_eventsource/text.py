@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["printable"]
+__all__ = ["plural", "printable"]
 
 # C0 and C1 control characters (newline and tab included), DEL, the line and paragraph
 # separators, and the bidirectional formatting characters.
@@ -30,3 +30,10 @@ def printable(value: object) -> str:
     """
     text = value if isinstance(value, str) else str(value)
     return _UNSAFE.sub(_escape, text) if _UNSAFE.search(text) else text
+
+
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """``count`` and ``noun``, in the plural unless ``count`` is 1: ``plural(1, "attempt")``
+    is ``"1 attempt"``, ``plural(4, "attempt")`` ``"4 attempts"`` (``many``: an irregular
+    plural)."""
+    return f"{count} {noun if count == 1 else many or noun + 's'}"

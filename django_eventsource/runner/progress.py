@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from django_eventsource import metrics
 from django_eventsource.logs import event_fields, tenant_text
-from django_eventsource.text import printable
+from django_eventsource.text import plural, printable
 
 if TYPE_CHECKING:
     from django_eventsource.stored import StoredEvent
@@ -80,8 +80,8 @@ class Reporter:
             )
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
-                "Applied a batch of %d events to %s: position %s to %s in %.3fs",
-                data.get("events", 0),
+                "Applied a batch of %s to %s: position %s to %s in %.3fs",
+                plural(data.get("events", 0), "event"),
                 self._name(data),
                 data.get("from_position"),
                 data.get("position"),
@@ -130,10 +130,10 @@ class Reporter:
         metrics.record_failure(data["projection"])
         event, fields = self._event_failure(data)
         logger.error(
-            "%s failed on event %s after %s attempts and %s: %s",
+            "%s failed on event %s after %s and %s: %s",
             self._name(data),
             event,
-            data.get("attempts"),
+            plural(data.get("attempts") or 1, "attempt"),
             # Not when the state is not the database's (a shadow build, an in-memory
             # checkpoint store) or a caller's transaction holds it (an atomic rebuild).
             "is paused (its checkpoint stays before the event)"
@@ -225,9 +225,9 @@ def log_stop(
     """A runner stopped: how long it ran, what it applied and what failed."""
     duration = time.monotonic() - started
     logger.info(
-        "Runner stopped after %.1fs: %d events applied%s",
+        "Runner stopped after %.1fs: %s applied%s",
         duration,
-        applied,
+        plural(applied, "event"),
         f"; failed: {printable(', '.join(failed))}" if failed else "",
         extra={
             "projections": labels,

@@ -125,6 +125,55 @@ def test_a_dead_letter_is_an_error_record_naming_the_event(
     assert park.count == 1 and park.first_position == parked.position  # type: ignore[attr-defined]
 
 
+def test_one_attempt_and_one_event_are_said_in_the_singular(
+    caplog: pytest.LogCaptureFixture, settings: Any
+) -> None:
+    """It said "after 1 attempts" (a catch-up tries a failing event once, so does a runner
+    with MAX_RETRIES 0) and "after 1 events"."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from django_eventsource import InMemoryCheckpointStore, ProjectionError, catch_up
+    from django_eventsource.rebuild import rebuild
+
+    settings.EVENTSOURCE = {
+        **settings.EVENTSOURCE,
+        "MAX_RETRIES": 0,
+        "ERROR_POLICY": "dead_letter",
+    }
+    store = EventStore()
+    task = uuid4()
+    store.append(task, [TaskCreated(aggregate_id=task, title="ok")])
+    with caplog.at_level(logging.INFO, logger="django_eventsource"):
+        rebuild(TaskBoard())
+        store.append(task, [TaskRenamed(aggregate_id=task, title="boom")])
+        with pytest.raises(ProjectionError):
+            catch_up(TaskBoard(), checkpoint_store=InMemoryCheckpointStore())
+        ProjectionRunner([TaskBoard()]).run_until_caught_up()
+    [end] = [r.getMessage() for r in records(caplog, "django_eventsource.rebuild")][-1:]
+    assert "Rebuild of task_board finished after 1 event in " in end
+    [failed] = [
+        r.getMessage()
+        for r in records(caplog, "django_eventsource.runner")
+        if r.levelno == logging.ERROR
+    ]
+    assert " after 1 attempt and the run stops before it: " in failed
+    [letter] = [
+        r.getMessage()
+        for r in records(caplog, "django_eventsource.deadletters")
+        if r.levelno == logging.ERROR
+    ]
+    assert " after 1 attempt: " in letter
+    everything = " ".join(r.getMessage() for r in caplog.records)
+    assert " 1 attempts" not in everything and " 1 events" not in everything
+    other = uuid4()
+    store.append(other, [TaskCreated(aggregate_id=other, title="one more")])
+    out = StringIO()
+    call_command("replay_projections", "task_board", stdout=out)
+    assert "\n1 event handled.\n" in out.getvalue()
+
+
 # A real worker, its records written by the JSON formatter the Monitoring how-to shows ------
 
 

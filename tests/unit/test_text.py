@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from django_eventsource.text import printable
+from django_eventsource.text import plural, printable
 
 
 @pytest.mark.parametrize(
@@ -28,3 +28,9 @@ def test_anything_is_turned_into_text() -> None:
     assert printable(ValueError("bad\x1b]0;title\x07")) == "bad\\x1b]0;title\\x07"
     assert printable(None) == "None"
     assert printable(42) == "42"
+
+
+def test_plural_says_one_in_the_singular() -> None:
+    assert [plural(n, "attempt") for n in (0, 1, 2)] == ["0 attempts", "1 attempt", "2 attempts"]
+    assert plural(1, "entry", "entries") == "1 entry"
+    assert plural(3, "entry", "entries") == "3 entries"

@@ -13,7 +13,7 @@ from django_eventsource.models import ProjectionStatus
 from django_eventsource.projections import Projection
 from django_eventsource.runner import ProjectionRunner
 from django_eventsource.store import EventStore
-from django_eventsource.text import printable
+from django_eventsource.text import plural, printable
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -151,7 +151,7 @@ class Command(ProjectionCommand):
                 server.shutdown()
                 server.server_close()
         if verbosity >= 1:
-            self.stdout.write(f"{result.events_applied} events handled.")
+            self.stdout.write(f"{plural(result.events_applied, 'event')} handled.")
             held = sum(r.held for r in result.results)
             if held and not options["follow"]:
                 self.stdout.write(
