@@ -196,7 +196,8 @@ def rebuild(
         result.stopped = runner.stopping and not result.failed
         return result, "failed" if result.failed else "stopped" if result.stopped else "finished"
 
-    with runner.holding(projection, wait=wait):
+    # The signal handlers stop the wait for the lock too; they are restored afterwards.
+    with runner.handling_signals(), runner.holding(projection, wait=wait):
         return _logged("Rebuild", name, fields, replay)
 
 
@@ -238,7 +239,8 @@ def _rebuild_in_shadow(
         result.stopped = not swapped
         return result, "swapped in" if swapped else "stopped"
 
-    return _logged("Shadow rebuild", name, fields, build)
+    with runner.handling_signals():
+        return _logged("Shadow rebuild", name, fields, build)
 
 
 def _logged(

@@ -85,7 +85,11 @@ class ProjectionRunner:
       database, with locks and status as above. Another store (an
       [`InMemoryCheckpointStore`][django_eventsource.InMemoryCheckpointStore]) runs the
       same loop without locks or status;
-    * progress is reported through ``progress_callback(kind, **data)``; nothing is printed.
+    * progress is reported through ``progress_callback(kind, **data)``; nothing is printed;
+    * ``install_signal_handlers``: SIGINT and SIGTERM stop a run after the batch in hand.
+      The handlers are installed when a run starts and the previous ones restored when it
+      ends ([`handling_signals`][django_eventsource.runner.loop.ProjectionRunner.handling_signals]),
+      not when the runner is made.
     """
 
     def __init__(
@@ -147,8 +151,10 @@ class ProjectionRunner:
         self._stop = threading.Event()
         self._locks: dict[str, ProjectionLock] = {}
         self._last_heartbeat: dict[str, float] = {}
-        if install_signal_handlers:
-            self._install_signal_handlers()
+        #: Whether a run installs SIGINT and SIGTERM handlers that stop it (see
+        #: [`handling_signals`][django_eventsource.runner.loop.ProjectionRunner.handling_signals]).
+        self.install_signal_handlers = install_signal_handlers
+        self._previous_handlers: dict[signal.Signals, Any] = {}
 
     # Control --------------------------------------------------------------------------------
 
@@ -171,13 +177,38 @@ class ProjectionRunner:
         """Sleep ``seconds`` unless asked to stop meanwhile; returns whether it was."""
         return self._stop.wait(seconds) or self._halted()
 
-    def _install_signal_handlers(self) -> None:
+    @contextlib.contextmanager
+    def handling_signals(self) -> Iterator[None]:
+        """While the block runs, SIGINT and SIGTERM ask the runner to
+        [`stop`][django_eventsource.runner.loop.ProjectionRunner.stop] after the batch in hand,
+        if it was made with ``install_signal_handlers``; the handlers installed before are
+        restored when the block ends, however it ends. Without ``install_signal_handlers``,
+        and inside another such block, it does nothing.
+
+        [`run_until_caught_up`][django_eventsource.runner.loop.ProjectionRunner.run_until_caught_up]
+        and [`follow`][django_eventsource.runner.loop.ProjectionRunner.follow] run in one;
+        code that drives
+        [`run_projection`][django_eventsource.runner.loop.ProjectionRunner.run_projection]
+        itself (a rebuild) opens its own. Signal handlers belong to the main thread: there,
+        and only there, can it install them (``ValueError`` elsewhere).
+        """
+        if not self.install_signal_handlers or self._previous_handlers:
+            yield
+            return
+
         def handler(signum: int, frame: Any) -> None:
             self.report("signal", signal=signal.Signals(signum).name)
             self.stop()
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, handler)
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous_handlers[signum] = signal.signal(signum, handler)
+            yield
+        finally:
+            previous, self._previous_handlers = self._previous_handlers, {}
+            for signum, before in previous.items():
+                # None: a handler not installed from Python; the default is the nearest.
+                signal.signal(signum, signal.SIG_DFL if before is None else before)
 
     # Locks -----------------------------------------------------------------------------------
 
@@ -238,6 +269,10 @@ class ProjectionRunner:
 
     def run_until_caught_up(self, *, wait_for_lock: bool = False) -> RunResult:
         """Catch every projection up to the head as it is now, then return."""
+        with self.handling_signals():
+            return self._run_until_caught_up(wait_for_lock)
+
+    def _run_until_caught_up(self, wait_for_lock: bool) -> RunResult:
         result = RunResult()
         started = log_start(self._labels(), self.tenant_id, follow=False)
         for projection in self.projections:
@@ -274,6 +309,10 @@ class ProjectionRunner:
         restart (it reconnects and carries on from the checkpoints). A clean stop leaves
         its projections `idle`.
         """
+        with self.handling_signals():
+            return self._follow()
+
+    def _follow(self) -> RunResult:
         from django_eventsource.notify import Waker
 
         result = RunResult()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -256,3 +258,95 @@ def test_a_lease_names_its_own_owner(vendor: str) -> None:
         assert not lock_for("task_board", None, "default").acquire()
     finally:
         lock.release()
+
+
+# Signal handlers: installed for a run, the previous ones restored after it ---------------------
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def run_with_signal_handlers(run: str, vendor: str, progress: Any) -> None:
+    """Run ``run`` with ``install_signal_handlers=True`` (a runner's catch-up or follow, or a
+    default, atomic or shadow rebuild)."""
+    from django_eventsource import NotSupportedOnBackend, RebuildAborted
+    from django_eventsource.rebuild import rebuild
+    from tests.helpers import drop_shadow_schemas
+
+    options: dict[str, Any] = {
+        "batch_size": 2,
+        "progress_callback": progress,
+        "install_signal_handlers": True,
+    }
+    if run in ("catch-up", "follow"):
+        runner = ProjectionRunner([TaskBoard()], poll_interval=0.05, **options)
+        result = runner.follow() if run == "follow" else runner.run_until_caught_up()
+        assert result.stopped is (run == "follow")
+    elif run == "aborted":  # it raises: the handlers are restored all the same
+        with pytest.raises(RebuildAborted):
+            rebuild(TaskBoard(), atomic=True, **options)
+    elif run == "shadow" and vendor != "postgresql":
+        with pytest.raises(NotSupportedOnBackend):  # refused before it makes a runner
+            rebuild(TaskBoard(), shadow=True, **options)
+    elif run == "shadow":
+        drop_shadow_schemas()
+        try:
+            rebuild(TaskBoard(), shadow=True, **options)
+        finally:
+            drop_shadow_schemas()
+    else:
+        rebuild(TaskBoard(), atomic=run == "atomic", **options)
+
+
+@pytest.mark.parametrize("run", ["catch-up", "follow", "rebuild", "atomic", "aborted", "shadow"])
+def test_a_run_restores_the_signal_handlers_it_found(run: str, vendor: str) -> None:
+    """The runner installed its SIGINT and SIGTERM handlers when it was made and never
+    restored the ones it found: after a run (or a rebuild, which rebuild_projections runs
+    once per projection) a signal went to a runner that was done, and the process's own
+    handler never saw it."""
+    store = EventStore()
+    task_history(store, tasks=4, renames=2, seed=11)
+    if run == "aborted":
+        poisoned_history(store)
+    received: list[int] = []
+
+    def ours(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    during: list[object] = []
+
+    def progress(kind: str, **data: object) -> None:
+        if kind == "batch" and not during:  # the first batch: the run's handler is in place
+            during.append(signal.getsignal(signal.SIGTERM))
+            if run == "follow":
+                signal.raise_signal(signal.SIGTERM)  # stops the follower, not the process
+
+    found = {signum: signal.signal(signum, ours) for signum in SIGNALS}
+    try:
+        run_with_signal_handlers(run, vendor, progress)
+        if run == "shadow" and vendor != "postgresql":
+            assert during == []  # refused before any batch
+        else:
+            assert during and during[0] is not ours  # the run's own handler, while it ran
+        assert received == []  # none of the run's signals reached the process's handler
+        for signum in SIGNALS:
+            assert signal.getsignal(signum) is ours, signal.Signals(signum).name
+            signal.raise_signal(signum)  # runs the handler before it returns
+        assert received == list(SIGNALS)
+    finally:
+        for signum, handler in found.items():
+            signal.signal(signum, handler)
+
+
+def test_a_runner_without_install_signal_handlers_leaves_them_alone() -> None:
+    store = EventStore()
+    task_history(store, tasks=2, seed=12)
+    before = [signal.getsignal(signum) for signum in SIGNALS]
+    during: list[object] = []
+
+    def progress(kind: str, **data: object) -> None:
+        if kind == "batch":
+            during.append(signal.getsignal(signal.SIGTERM))
+
+    ProjectionRunner([TaskBoard()], progress_callback=progress).run_until_caught_up()
+    assert during == [before[1]]
+    assert [signal.getsignal(signum) for signum in SIGNALS] == before

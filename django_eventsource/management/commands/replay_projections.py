@@ -129,27 +129,29 @@ class Command(ProjectionCommand):
             install_signal_handlers=True,
             max_events=options["max_events"],
         )
-        if verbosity >= 1:
-            heading = (
-                "Following projections (Ctrl-C to stop):"
-                if options["follow"]
-                else "Catching up projections:"
-            )
-            self.stdout.write(self.style.MIGRATE_HEADING(heading))
-        server = None
-        if port is not None:
-            server = self._serve_metrics(
-                port, options["metrics_address"], projections, tenant, store, verbosity
-            )
-        try:
-            if options["follow"]:
-                result = runner.follow()
-            else:
-                result = runner.run_until_caught_up(wait_for_lock=options["wait"])
-        finally:
-            if server is not None:
-                server.shutdown()
-                server.server_close()
+        # From the heading on, a signal stops the run (not the process); restored after it.
+        with runner.handling_signals():
+            if verbosity >= 1:
+                heading = (
+                    "Following projections (Ctrl-C to stop):"
+                    if options["follow"]
+                    else "Catching up projections:"
+                )
+                self.stdout.write(self.style.MIGRATE_HEADING(heading))
+            server = None
+            if port is not None:
+                server = self._serve_metrics(
+                    port, options["metrics_address"], projections, tenant, store, verbosity
+                )
+            try:
+                if options["follow"]:
+                    result = runner.follow()
+                else:
+                    result = runner.run_until_caught_up(wait_for_lock=options["wait"])
+            finally:
+                if server is not None:
+                    server.shutdown()
+                    server.server_close()
         if verbosity >= 1:
             self.stdout.write(f"{plural(result.events_applied, 'event')} handled.")
             held = sum(r.held for r in result.results)
