@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections
+from django.db.models import Count, Max
 
 from django_eventsource import control
 from django_eventsource.checkpoints import DatabaseCheckpointStore
@@ -66,10 +67,15 @@ class RebuildPlan:
     tenant_id: str | None
     tables: list[str]
     rows: int
+    #: The position the replay goes up to: the store's head, or, for one tenant, that
+    #: tenant's last event (0: it has none).
     events: int
     resuming: bool
     #: The checkpoint an interrupted rebuild resumes from (0 when it starts over).
     position: int = 0
+    #: For one tenant: how many events it has, the ones the replay applies (None for
+    #: every tenant).
+    tenant_events: int | None = None
 
 
 def plan_rebuild(
@@ -93,15 +99,36 @@ def plan_rebuild(
             queryset = queryset.filter(tenant_id=tenant_id)
         rows += queryset.count()
     resuming = state is not None and state.status == state.Status.REBUILDING
+    if tenant_id is None:
+        last, count = store.head_position(), None
+    else:  # the tenant's events, not the store's head: other tenants' are not replayed
+        last, count = _tenant_events(store, tenant_id)
     return RebuildPlan(
         projection=projection.label,
         tenant_id=tenant_id,
         tables=[m._meta.db_table for m in projection.models],
         rows=rows,
-        events=store.head_position(),
+        events=last,
         resuming=resuming,
         position=(state.position or 0) if state is not None and resuming else 0,
+        tenant_events=count,
     )
+
+
+def _tenant_events(store: BaseEventStore, tenant_id: str) -> tuple[int, int]:
+    """The position of the tenant's last committed event (0: none) and how many it has
+    (held back by PostgreSQL's horizon or not: the replay waits for those)."""
+    if isinstance(store, EventStore):
+        from django_eventsource.models import Event  # models are imported where used here
+
+        found = (
+            Event.objects.using(store.using)
+            .filter(tenant_id=tenant_id)
+            .aggregate(last=Max("position"), count=Count("position"))
+        )
+        return found["last"] or 0, found["count"]
+    events = store.read_all(tenant_id=tenant_id).events
+    return max((e.position for e in events), default=0), len(events)
 
 
 def rebuild(

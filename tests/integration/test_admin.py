@@ -373,6 +373,21 @@ def test_rebuild_asks_for_confirmation_then_replays(operator: Client) -> None:
     assert state().status == "idle" and state().position == store.head_position()
 
 
+def test_a_tenant_rebuild_confirmation_counts_that_tenant_s_events(operator: Client) -> None:
+    """It said "replay up to N events", N the store's head (another tenant's last event)."""
+    store = EventStore()
+    task_history(store, tasks=2, seed=19, tenants=("acme",))
+    task_history(store, tasks=3, seed=20, tenants=("globex",))
+    ProjectionRunner([TaskBoard()], tenant_id="acme").run_until_caught_up()
+    acme = store.read_all(tenant_id="acme").events
+    last = max(e.position for e in acme)
+    response = operator.post(action("task_board", "rebuild"), {"tenant": "acme"})
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert f"replay up to event #{last} (tenant acme: {len(acme)} events)." in page
+    assert f"replay up to {store.head_position()}" not in page
+
+
 def test_a_rebuild_that_loses_its_lock_says_so(
     operator: Client, settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -194,6 +194,30 @@ def test_a_tenant_rebuild_plans_to_delete_that_tenant_s_rows_only() -> None:
     assert TaskSummary.objects.count() == 7
 
 
+def test_a_tenant_rebuild_plans_to_replay_up_to_that_tenant_s_last_event() -> None:
+    """It said "replay up to N events", N the store's head: every tenant's last event."""
+    store = EventStore()
+    task_history(store, tasks=3, seed=17, tenants=("acme",))
+    task_history(store, tasks=4, seed=18, tenants=("globex",))  # the head is globex's
+    acme = store.read_all(tenant_id="acme").events
+    last = max(e.position for e in acme)
+    assert last < store.head_position()
+    run("replay_projections", "task_board", "--tenant", "acme")
+    out, _ = run("rebuild_projections", "task_board", "--tenant", "acme", "--dry-run")
+    assert (
+        f"task_board: will delete 3 rows of testapp_tasksummary and replay up to event "
+        f"#{last} (tenant acme: {len(acme)} events)."
+    ) in out, out
+    assert f"up to {store.head_position()}" not in out
+    from django_eventsource.rebuild import plan_rebuild
+    from tests.testapp.projections import TaskBoard
+
+    plan = plan_rebuild(TaskBoard(), tenant_id="acme")
+    assert (plan.events, plan.tenant_events) == (last, len(acme))
+    whole = plan_rebuild(TaskBoard())
+    assert (whole.events, whole.tenant_events) == (store.head_position(), None)
+
+
 def test_rebuild_needs_names_and_confirmation(monkeypatch: pytest.MonkeyPatch) -> None:
     task_history(EventStore(), tasks=2)
     run("replay_projections", "task_board")

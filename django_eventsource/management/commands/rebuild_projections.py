@@ -19,7 +19,7 @@ from django_eventsource.rebuild import RebuildPlan, plan_rebuild, rebuild
 from django_eventsource.runner import RunResult
 from django_eventsource.shadow import check_shadow_rebuild, find_shadow_build
 from django_eventsource.store import EventStore
-from django_eventsource.text import printable
+from django_eventsource.text import plural, printable
 
 
 class Command(ProjectionCommand):
@@ -183,11 +183,12 @@ class Command(ProjectionCommand):
             action = f"resume the interrupted rebuild of {tables} from event #{plan.position} and"
         else:
             action = f"delete {plan.rows} row{'' if plan.rows == 1 else 's'} of {tables} and"
-        return (
-            f"{name}: will {action} replay up to {plan.events} events"
-            + (f" (tenant {printable(tenant)})" if tenant else "")
-            + "."
-        )
+        if plan.tenant_events is not None:  # the tenant's events, not every tenant's
+            return (
+                f"{name}: will {action} replay up to event #{plan.events} (tenant "
+                f"{printable(tenant)}: {plural(plan.tenant_events, 'event')})."
+            )
+        return f"{name}: will {action} replay up to {plan.events} events."
 
     @staticmethod
     def _locked(error: ProjectionLocked, options: Any) -> str:
