@@ -34,6 +34,7 @@ __all__ = [
     "record_dead_letter",
     "record_failure",
     "record_retry",
+    "record_shadow_failure",
 ]
 
 #: The ``tenant`` label of the tenants beyond ``METRICS_MAX_TENANTS`` (a tenant really named
@@ -112,6 +113,12 @@ class _Instruments:
             "Times this process's runners stopped a projection on a failing event (pause policy).",
             ["projection"],
         )
+        self.shadow_failures: Counter = Counter(
+            "eventsource_shadow_build_failures",
+            "Times a shadow rebuild in this process stopped on a failing event before its swap "
+            "(the live projection did not fail: it keeps serving and being applied).",
+            ["projection"],
+        )
         self._appended_children: dict[str, Any] = {}
 
     def appended_child(self, tenant_id: str | None) -> Any:
@@ -185,3 +192,10 @@ def record_failure(projection: str) -> None:
     instruments = _instruments()
     if instruments is not None:
         instruments.failures.labels(projection).inc()
+
+
+def record_shadow_failure(projection: str) -> None:
+    """A shadow rebuild's build stopped on a failing event (the live projection did not)."""
+    instruments = _instruments()
+    if instruments is not None:
+        instruments.shadow_failures.labels(projection).inc()

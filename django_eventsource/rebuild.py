@@ -45,7 +45,13 @@ from django_eventsource.checkpoints import DatabaseCheckpointStore
 from django_eventsource.exceptions import ProjectionLocked, RebuildAborted
 from django_eventsource.logs import tenant_text
 from django_eventsource.projections import truncate_read_models
-from django_eventsource.runner import LockLost, ProgressCallback, ProjectionRunner, RunResult
+from django_eventsource.runner import (
+    LockLost,
+    ProgressCallback,
+    ProjectionRunner,
+    Reporter,
+    RunResult,
+)
 from django_eventsource.store import BaseEventStore, EventStore
 from django_eventsource.text import plural, printable
 from django_eventsource.transactions import write_transaction
@@ -257,6 +263,8 @@ def _rebuild_in_shadow(
         install_signal_handlers=install_signal_handlers,
         error_policy="raise",
     )
+    # Its failures are the shadow's, not the live projection's (metrics and log records).
+    runner.report = Reporter(progress_callback, None, shadow=True)
     name = printable(projection.label)
     fields = {"projection": projection.label, "tenant": None, "shadow": True}
 

@@ -48,9 +48,14 @@ class Reporter:
     when DEBUG is enabled.
     """
 
-    def __init__(self, callback: ProgressCallback | None, tenant_id: str | None) -> None:
+    def __init__(
+        self, callback: ProgressCallback | None, tenant_id: str | None, *, shadow: bool = False
+    ) -> None:
         self.callback = callback or _ignore
         self.tenant_id = tenant_id
+        #: The reports of a shadow rebuild's build: its failure is not the live
+        #: projection's (its own metric, and records that say so).
+        self.shadow = shadow
 
     def __call__(self, kind: str, **data: Any) -> None:
         handler = getattr(self, f"_on_{kind}", None)
@@ -127,8 +132,20 @@ class Reporter:
         )
 
     def _on_failed(self, data: dict[str, Any]) -> None:
-        metrics.record_failure(data["projection"])
         event, fields = self._event_failure(data)
+        if self.shadow:
+            metrics.record_shadow_failure(data["projection"])
+            logger.error(
+                "The shadow build of %s failed on event %s after %s; the live projection "
+                "keeps serving and being applied, and nothing is swapped: %s",
+                self._name(data),
+                event,
+                plural(data.get("attempts") or 1, "attempt"),
+                printable(fields["error"]),
+                extra={**fields, "attempts": data.get("attempts"), "shadow": True},
+            )
+            return
+        metrics.record_failure(data["projection"])
         logger.error(
             "%s failed on event %s after %s and %s: %s",
             self._name(data),

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection, models
+from prometheus_client import REGISTRY
 
 from django_eventsource import (
     EventStore,
@@ -264,6 +265,17 @@ def test_a_handler_that_raises_during_the_build_is_reported_as_a_failed_shadow_b
     feed = [e.position for e in store.read_all()]
     built = feed[feed.index(boom.position) - 1]  # the event before it, in feed order
 
+    def failures() -> dict[str, float]:
+        """This process's failure counters of task_board (prometheus_client's registry)."""
+        return {
+            name: REGISTRY.get_sample_value(name, {"projection": "task_board"}) or 0.0
+            for name in (
+                "eventsource_projection_failures_total",
+                "eventsource_shadow_build_failures_total",
+            )
+        }
+
+    counted = failures()
     out, err = StringIO(), StringIO()
     with (
         caplog.at_level(logging.INFO, logger="django_eventsource"),
@@ -286,7 +298,19 @@ def test_a_handler_that_raises_during_the_build_is_reported_as_a_failed_shadow_b
     logged = [r.getMessage() for r in caplog.records]
     assert not [m for m in logged if "paused" in m or "rolled back" in m], logged
     [failed] = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert "after 4 attempts and the run stops before it: the handler" in failed.getMessage()
+    assert failed.getMessage().startswith(
+        f"The shadow build of task_board failed on event #{boom.position} "
+    )
+    assert (
+        "after 4 attempts; the live projection keeps serving and being applied, and nothing "
+        "is swapped: the handler"
+    ) in failed.getMessage()
+    assert failed.shadow is True  # type: ignore[attr-defined]
+    # Counted as the shadow's failure: the live projection did not fail (it counted one).
+    assert {name: value - counted[name] for name, value in failures().items()} == {
+        "eventsource_projection_failures_total": 0.0,
+        "eventsource_shadow_build_failures_total": 1.0,
+    }
     aborted = [r for r in caplog.records if r.name == "django_eventsource.rebuild"][-1]
     assert aborted.levelno == logging.WARNING and aborted.getMessage() == message
 

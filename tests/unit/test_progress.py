@@ -28,3 +28,31 @@ def test_a_lost_lock_escapes_the_holder() -> None:
     progress("lock_lost", projection="board", holder="host\x1b[31m:1#x")
     err = command.stderr._out.getvalue()  # type: ignore[attr-defined]
     assert "\x1b" not in err and "\\x1b[31m" in err, err
+
+
+def test_a_shadow_build_s_failure_is_counted_as_the_shadow_s() -> None:
+    """A failed shadow build counted as the live projection's failure
+    (eventsource_projection_failures_total), although the live projection did not fail."""
+    from prometheus_client import REGISTRY
+
+    from django_eventsource.runner import Reporter
+
+    def counts() -> tuple[float, float]:
+        return tuple(  # type: ignore[return-value]
+            REGISTRY.get_sample_value(name, {"projection": "unit_board"}) or 0.0
+            for name in (
+                "eventsource_projection_failures_total",
+                "eventsource_shadow_build_failures_total",
+            )
+        )
+
+    reported: list[str] = []
+    failure = {"projection": "unit_board", "position": 7, "error": "boom", "attempts": 1}
+    before = counts()
+    Reporter(lambda kind, **data: reported.append(kind), None, shadow=True)("failed", **failure)
+    shadow = counts()
+    Reporter(None, None)("failed", **failure)
+    live = counts()
+    assert (shadow[0] - before[0], shadow[1] - before[1]) == (0.0, 1.0)
+    assert (live[0] - shadow[0], live[1] - shadow[1]) == (1.0, 0.0)
+    assert reported == ["failed"]  # the callback still hears of it
