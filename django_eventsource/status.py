@@ -220,7 +220,16 @@ def _dead_letter_counts(names: list[str], databases: set[str]) -> dict[tuple[str
 # health view and the metrics alike. ---------------------------------------------------------
 
 #: The kinds of problem the checks report, in the order they are reported.
-CHECKS = ("stamps", "failed", "stale", "interrupted", "dead_letters", "lag", "held")
+CHECKS = (
+    "stamps",
+    "failed",
+    "stale",
+    "interrupted",
+    "shadow_failed",
+    "dead_letters",
+    "lag",
+    "held",
+)
 
 
 @dataclass(frozen=True)
@@ -257,6 +266,9 @@ def find_problems(
     * ``stale``: a running (or rebuilding) projection's worker stopped beating: it died;
     * ``interrupted``: a rebuild stopped cleanly before it caught up: the read model is
       half-built until a rebuild (or a catch-up) of it resumes from its checkpoint;
+    * ``shadow_failed``: a shadow rebuild stopped on an event its handlers cannot apply
+      (PostgreSQL): nothing was swapped, and the live projection, whose status this does not
+      change, keeps serving the old rows until the shadow rebuild is resumed or discarded;
     * ``dead_letters``: events were set aside and are not resolved (unless
       ``allow_dead_letters``);
     * ``lag``: more than ``max_lag`` events wait (default: the ``MAX_LAG`` setting; None
@@ -291,6 +303,13 @@ def find_problems(
                 "catch-up or worker of it resumes it too)"
             )
             found.append(("interrupted", interrupted))
+        if row.shadow_failed_position is not None:
+            shadow = (
+                f"shadow rebuild failed at event #{row.shadow_failed_position}, built up to "
+                f"#{row.shadow_position}: nothing was swapped, the live tables still serve "
+                "(fix the handler, then rebuild_projections --shadow resumes it)"
+            )
+            found.append(("shadow_failed", shadow))
         if row.dead_letters and not allow_dead_letters:
             found.append(("dead_letters", f"{row.dead_letters} unresolved dead letter(s)"))
         if max_lag is not None and row.lag_events > max_lag:

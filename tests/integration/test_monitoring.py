@@ -84,6 +84,43 @@ def test_health_is_503_when_a_projection_failed(client: Client) -> None:
     assert b"boom" not in response.content and b"ValueError" not in response.content
 
 
+def test_a_failed_shadow_build_is_a_problem_of_its_own() -> None:
+    """A failed shadow rebuild passed the check (and the health view): the operator saw
+    nothing. It is its own problem, never the live projection's ``failed``."""
+    from dataclasses import replace
+
+    from django_eventsource.status import Problem, ProjectionStatusRow, find_problems
+
+    building = ProjectionStatusRow(
+        projection="task_board",
+        tenant_id="",
+        status="running",
+        position=40,
+        head=40,
+        lag_events=0,
+        lag_seconds=0.0,
+        heartbeat_age=1.0,
+        last_progress_age=1.0,
+        owner="worker",
+        last_error="",
+        failed_event_position=None,
+        registered=True,
+        shadow_position=33,
+    )
+    assert find_problems([building]) == []  # a shadow build in progress is no problem
+    failed = replace(building, shadow_failed_position=34, shadow_error="ValueError: boom")
+    assert find_problems([failed]) == [
+        Problem(
+            "shadow_failed",
+            "task_board",
+            "",
+            "shadow rebuild failed at event #34, built up to #33: nothing was swapped, the "
+            "live tables still serve (fix the handler, then rebuild_projections --shadow "
+            "resumes it)",
+        )
+    ]
+
+
 def test_health_is_503_when_a_projection_lags_more_than_max_lag(
     client: Client, settings: Any
 ) -> None:

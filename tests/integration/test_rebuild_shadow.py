@@ -334,6 +334,33 @@ def test_a_handler_that_raises_during_the_build_is_reported_as_a_failed_shadow_b
         "live tables still serve, nothing was swapped. Fix the handler, then "
         "rebuild_projections task_board --shadow resumes it, --restart discards it."
     ) in status.getvalue()
+    # The check fails on it (and so does the health view), the live projection not failed.
+    shadow_failed = (
+        f"shadow rebuild failed at event #{boom.position}, built up to #{built}: nothing was "
+        "swapped, the live tables still serve (fix the handler, then rebuild_projections "
+        "--shadow resumes it)"
+    )
+    check = StringIO()
+    with pytest.raises(SystemExit) as exited:
+        call_command("projection_status", "task_board", "--check", stdout=StringIO(), stderr=check)
+    assert exited.value.code == 1
+    assert check.getvalue().strip() == (
+        f"Check failed: task_board: {shadow_failed}: ValueError: the handler refuses the "
+        "title 'boom'"
+    )
+    health = Client().get("/eventsource/health/")
+    assert (health.status_code, health.json()["problems"]) == (
+        503,
+        [
+            {
+                "check": "shadow_failed",
+                "projection": "task_board",
+                "tenant_id": "",
+                "message": shadow_failed,
+            }
+        ],
+    )
+    assert ProjectionState.objects.get(name="task_board").status == "idle"
     plan = StringIO()
     call_command("rebuild_projections", "task_board", "--shadow", "--dry-run", stdout=plan)
     assert f"it failed at event #{boom.position} last time" in plan.getvalue()
@@ -350,6 +377,7 @@ def test_a_handler_that_raises_during_the_build_is_reported_as_a_failed_shadow_b
     call_command("rebuild_projections", "task_board", "--noinput", "--shadow", verbosity=0)
     assert task_board_rows() == fold_task_board(store)
     assert find_shadow_build("task_board", "default") is None
+    call_command("projection_status", "task_board", "--check", stdout=StringIO())  # passes
 
 
 @pytest.mark.usefixtures("postgresql")

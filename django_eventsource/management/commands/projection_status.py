@@ -51,7 +51,9 @@ class Command(ProjectionCommand):
         "after the checkpoint; on "
         "PostgreSQL, events held back by an appending transaction that has not committed are "
         "shown as HELD, with that transaction. With --check, exit 1 when a projection failed, "
-        "is stale or its rebuild interrupted, has unresolved dead letters (unless --allow-dead-letters), lags more "
+        "is stale or its rebuild interrupted, its shadow rebuild failed (PostgreSQL; the live "
+        "projection keeps its status), has unresolved dead letters (unless "
+        "--allow-dead-letters), lags more "
         "than --max-lag events, has events held back longer than --max-held-seconds, or "
         "(PostgreSQL) when the event stamps need rebase_event_stamps after a restore: use it "
         "for monitoring."
@@ -65,7 +67,8 @@ class Command(ProjectionCommand):
         parser.add_argument(
             "--check",
             action="store_true",
-            help="Exit 1 if a projection failed, is stale or its rebuild interrupted, has "
+            help="Exit 1 if a projection failed, is stale or its rebuild interrupted, its "
+            "shadow rebuild failed, has "
             "unresolved dead letters, lags more than --max-lag events, has events held back longer than "
             "--max-held-seconds, or the event stamps need a re-base.",
         )
@@ -148,12 +151,14 @@ class Command(ProjectionCommand):
     def _problems(report: StatusCheck) -> str:
         """The problems, grouped per projection and tenant, user text escaped."""
         reasons: dict[tuple[str, str], list[str]] = {}
-        errors = {(r.projection, r.tenant_id): r.last_error for r in report.rows}
+        rows = {(r.projection, r.tenant_id): r for r in report.rows}
         for problem in report.problems:
             reason = problem.message
+            row = rows.get((problem.projection, problem.tenant_id))
             if problem.check == "failed":
-                error = errors.get((problem.projection, problem.tenant_id))
-                reason += f": {error or 'see its last error'}"
+                reason += f": {(row.last_error if row else '') or 'see its last error'}"
+            elif problem.check == "shadow_failed" and row is not None and row.shadow_error:
+                reason += f": {row.shadow_error}"
             reasons.setdefault((problem.projection, problem.tenant_id), []).append(reason)
         return " | ".join(
             printable(
