@@ -7,6 +7,13 @@ there instead of starting over. The projection's lock is held throughout (taken 
 runner, with the same lease rule as any runner on SQLite), so a rebuild never fights a live
 runner. It runs the runner's one batch loop, through its public methods.
 
+An operator's pause survives a rebuild of every kind. A `paused` projection stays `paused`
+(``state.begin_paused_rebuild``): its rows are reset and replayed all the same, with its
+rebuild suspended by the pause until the replay ends, and it ends `paused`, its checkpoint
+where the replay ended. Stopped before that, it stays `paused` in the middle of its rebuild,
+which the next rebuild resumes (workers skip it until it is resumed). An atomic rebuild
+that rolls back leaves it as it was; a shadow rebuild's swap keeps it paused.
+
 ``atomic=True`` trades that for readers who never see a half-built projection: the reset and
 the whole replay run in *one* transaction, so readers keep seeing the old rows (the reset
 deletes rows, it never truncates, so readers are not blocked) until the new ones commit at
@@ -58,6 +65,7 @@ from django_eventsource.transactions import write_transaction
 from django_eventsource.validation import check_run_tenant
 
 if TYPE_CHECKING:
+    from django_eventsource.models import ProjectionState
     from django_eventsource.projections import Projection
 
 __all__ = ["RebuildPlan", "plan_rebuild", "rebuild"]
@@ -82,6 +90,8 @@ class RebuildPlan:
     #: For one tenant: how many events it has, the ones the replay applies (None for
     #: every tenant).
     tenant_events: int | None = None
+    #: The projection is paused: it stays paused (the rebuild replays it all the same).
+    paused: bool = False
 
 
 def plan_rebuild(
@@ -104,7 +114,7 @@ def plan_rebuild(
         if tenant_id is not None and model not in projection.models_without_tenant():
             queryset = queryset.filter(tenant_id=tenant_id)
         rows += queryset.count()
-    resuming = state is not None and state.status == state.Status.REBUILDING
+    resuming = state is not None and _interrupted(state)
     if tenant_id is None:
         last, count = store.head_position(), None
     else:  # the tenant's events, not the store's head: other tenants' are not replayed
@@ -118,6 +128,16 @@ def plan_rebuild(
         resuming=resuming,
         position=(state.position or 0) if state is not None and resuming else 0,
         tenant_events=count,
+        paused=state is not None and state.status == state.Status.PAUSED,
+    )
+
+
+def _interrupted(state: ProjectionState) -> bool:
+    """Whether the projection is in the middle of a rebuild that a rebuild resumes:
+    `rebuilding` (interrupted, or its runner died), or `paused` in the middle of it (the
+    rebuild carries on, leaving it paused)."""
+    return state.status == state.Status.REBUILDING or (
+        state.status == state.Status.PAUSED and state.suspended_rebuild
     )
 
 
@@ -171,7 +191,10 @@ def rebuild(
 
     The result says how it ended: ``failed`` (the projection is failed), ``stopped`` (a
     signal or ``stop()``: it stays ``rebuilding``, and the next rebuild or runner resumes
-    it), ``lost`` (another runner took the projection over mid-run and continues it).
+    it), ``lost`` (another runner took the projection over mid-run and continues it). A
+    ``paused`` projection stays paused, in every kind of rebuild (see the module's
+    docstring): rebuilt, or, stopped, in the middle of its rebuild, which the next rebuild
+    resumes.
     """
     check_run_tenant(tenant_id)
     if shadow:
@@ -206,7 +229,7 @@ def rebuild(
                 result = _rebuild_atomically(projection, tenant_id, runner)
             else:
                 state = runner.state_of(projection)
-                resuming = not restart and state.status == state.Status.REBUILDING
+                resuming = not restart and _interrupted(state)
                 logger.info(
                     "%s %s",
                     "Resuming the rebuild of" if resuming else "Rebuilding",
@@ -216,7 +239,7 @@ def rebuild(
                 if not resuming:
                     with write_transaction(projection.database):
                         _reset(projection, tenant_id, runner)
-                runner.run_projection(projection, result)
+                runner.run_projection(projection, result, rebuild=True)
         except (LockLost, ProjectionLocked) as exc:
             # Another runner took the projection over mid-run (the fence rolled the batch in
             # hand back): report it as a run does, never as the runner's private error.
@@ -339,7 +362,7 @@ def _rebuild_atomically(
     result = RunResult()
     with write_transaction(projection.database):
         _reset(projection, tenant_id, runner)
-        runner.run_projection(projection, result)
+        runner.run_projection(projection, result, rebuild=True)
         if result.failed:
             reason = control.get_state(projection.label, tenant_id).last_error.splitlines()
             raise RebuildAborted(projection.label, reason[0] if reason else "an event failed")

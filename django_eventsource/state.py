@@ -40,9 +40,11 @@ Transitions (name: from → to):
 | `start` | idle, running | running | a runner that holds the lock (`running`: a dead runner's row) |
 | `finish` | running | idle | a runner that caught up, or stops cleanly (SIGTERM) |
 | `interrupt_rebuild` | rebuilding | rebuilding, unclaimed (reported `interrupted`) | a rebuild (or a runner resuming one) that stops cleanly before it caught up |
-| `begin_rebuild` | idle, running, paused, failed, rebuilding | rebuilding | a rebuild that holds the lock (it claims the row) |
+| `begin_rebuild` | idle, running, failed, rebuilding | rebuilding | a rebuild that holds the lock (it claims the row) |
+| `begin_paused_rebuild` | paused | paused, in a suspended rebuild | a rebuild of a paused projection (it claims the row, and replays it all the same) |
 | `finish_rebuild` | rebuilding | idle | the replay that caught up |
 | `fail` | running, rebuilding | failed (from rebuilding: a suspended rebuild) | the runner, on an event that keeps failing (policy `pause`) |
+| `fail_paused_rebuild` | paused, in a suspended rebuild the runner claims | failed, in a suspended rebuild | the runner of that rebuild, likewise |
 | `pause` | idle, running, failed, rebuilding | paused (from rebuilding: a suspended rebuild) | an operator |
 | `resume` | paused, failed | idle | an operator (from failed: retries the event) |
 | `resume_rebuild` | paused, failed, in a suspended rebuild | rebuilding (from failed: unclaimed, reported `interrupted`) | an operator, through `resume` |
@@ -55,6 +57,16 @@ if its replay caught up (a rebuild's hand-over, for an inline one), the suspende
 over: the projection stays paused, and resuming it makes it `idle`. (A runner checks the
 status when it starts a pass, not between batches: a rebuild paused in the middle of its
 replay carries on to the end of it, or until it is stopped.)
+
+An operator's pause survives a rebuild, whatever its kind: a rebuild of a `paused`
+projection (``begin_paused_rebuild``) leaves it `paused`, with its rebuild suspended while
+the rebuild replays it (the rebuild runs it all the same, see
+[`claim_paused_rebuild`][django_eventsource.state.claim_paused_rebuild]; workers skip it),
+and the end of the replay ends the suspended rebuild as above: still `paused`, the
+checkpoint where the replay ended. A rebuild stopped before that leaves it `paused` in a
+suspended rebuild, which the next rebuild resumes. An event that keeps failing in it makes
+it `failed` (``fail_paused_rebuild``), as in any rebuild. (A shadow rebuild's swap keeps it
+`paused` too.)
 
 The checkpoint (``position``) is the checkpoint store's to write, in each batch's transaction;
 the lease columns (``owner``, ``lease_until``) on SQLite are the lock's.
@@ -85,6 +97,7 @@ __all__ = [
     "ProjectionStatus",
     "Transition",
     "begin_rebuild",
+    "claim_paused_rebuild",
     "fail",
     "finish",
     "finish_rebuild",
@@ -119,13 +132,18 @@ START = _transition("start", {Status.IDLE, Status.RUNNING}, Status.RUNNING)
 FINISH = _transition("finish", {Status.RUNNING}, Status.IDLE)
 BEGIN_REBUILD = _transition(
     "begin_rebuild",
-    {Status.IDLE, Status.RUNNING, Status.PAUSED, Status.FAILED, Status.REBUILDING},
+    {Status.IDLE, Status.RUNNING, Status.FAILED, Status.REBUILDING},
     Status.REBUILDING,
 )
+#: ``begin_rebuild`` of a paused projection: the operator's pause stays, the rebuild is
+#: suspended by it from the start (and runs all the same).
+BEGIN_PAUSED_REBUILD = _transition("begin_paused_rebuild", {Status.PAUSED}, Status.PAUSED)
 FINISH_REBUILD = _transition("finish_rebuild", {Status.REBUILDING}, Status.IDLE)
 #: The status stays; the runner's claim ends, which is what tells it from a live rebuild.
 INTERRUPT_REBUILD = _transition("interrupt_rebuild", {Status.REBUILDING}, Status.REBUILDING)
 FAIL = _transition("fail", {Status.RUNNING, Status.REBUILDING}, Status.FAILED)
+#: ``fail`` in a rebuild that runs while the projection is paused (its runner's claim).
+FAIL_PAUSED_REBUILD = _transition("fail_paused_rebuild", {Status.PAUSED}, Status.FAILED)
 PAUSE = _transition(
     "pause", {Status.IDLE, Status.RUNNING, Status.FAILED, Status.REBUILDING}, Status.PAUSED
 )
@@ -146,9 +164,11 @@ TRANSITIONS: dict[str, Transition] = {
         START,
         FINISH,
         BEGIN_REBUILD,
+        BEGIN_PAUSED_REBUILD,
         FINISH_REBUILD,
         INTERRUPT_REBUILD,
         FAIL,
+        FAIL_PAUSED_REBUILD,
         PAUSE,
         RESUME,
         RESUME_REBUILD,
@@ -306,21 +326,37 @@ def fail(
     strict: bool = False,
 ) -> bool:
     """The runner gives up on ``error``'s event (policy `pause`): `failed`, with the error
-    and the event; the checkpoint stays just before it."""
-    return _apply(
-        FAIL,
-        name,
-        tenant_id,
-        using,
-        strict=strict,
-        fence=owner,
-        suspended_rebuild=_SUSPENDS,
-        last_error=describe(error),
-        failed_event_position=error.position,
-        failed_event_id=error.event_id,
-        failed_event_type=error.event_type,
-        attempts=attempts,
-    )
+    and the event; the checkpoint stays just before it. Also in a rebuild that runs while
+    the projection is paused (``fail_paused_rebuild``), when ``owner`` claims it."""
+    failure: dict[str, Any] = {
+        "last_error": describe(error),
+        "failed_event_position": error.position,
+        "failed_event_id": error.event_id,
+        "failed_event_type": error.event_type,
+        "attempts": attempts,
+    }
+    with write_transaction(using):
+        if owner is not None and _apply(
+            FAIL_PAUSED_REBUILD,
+            name,
+            tenant_id,
+            using,
+            strict=False,
+            fence=owner,
+            suspended=True,
+            **failure,
+        ):
+            return True
+        return _apply(
+            FAIL,
+            name,
+            tenant_id,
+            using,
+            strict=strict,
+            fence=owner,
+            suspended_rebuild=_SUSPENDS,
+            **failure,
+        )
 
 
 def describe(error: ProjectionError) -> str:
@@ -394,23 +430,58 @@ def begin_rebuild(
 ) -> None:
     """A rebuild (holding the lock) resets the projection: `rebuilding`, errors cleared; with
     ``owner`` (its lock's), it claims the row and beats, so the reset rebuild is never
-    reported `interrupted` or `stale` before its replay starts."""
+    reported `interrupted` or `stale` before its replay starts. A `paused` projection stays
+    paused (``begin_paused_rebuild``): its rebuild is suspended by the pause from the start,
+    and its runner replays it all the same
+    ([`claim_paused_rebuild`][django_eventsource.state.claim_paused_rebuild])."""
     claim: dict[str, Any] = (
         {} if owner is None else {"owner": owner, "heartbeat_at": timezone.now()}
     )
-    _apply(
-        BEGIN_REBUILD,
-        name,
-        tenant_id,
-        using,
-        strict=True,
-        suspended_rebuild=False,
-        attempts=0,
-        last_error="",
-        failed_event_position=None,
-        failed_event_id=None,
-        failed_event_type="",
+    cleared: dict[str, Any] = {
+        "attempts": 0,
+        "last_error": "",
+        "failed_event_position": None,
+        "failed_event_id": None,
+        "failed_event_type": "",
         **claim,
+    }
+    tenant = tenant_id or NO_TENANT
+    check_projection_name(name)  # ValueError: a name no projection can have gets no row
+    with write_transaction(using):
+        # Locked: an operator's pause lands before or after both, never between them.
+        _states(using).get_or_create(name=name, tenant_id=tenant)
+        list(_states(using).select_for_update().filter(name=name, tenant_id=tenant).values("pk"))
+        if _apply(
+            BEGIN_PAUSED_REBUILD,
+            name,
+            tenant_id,
+            using,
+            strict=False,
+            suspended_rebuild=True,
+            **cleared,
+        ):
+            return
+        _apply(
+            BEGIN_REBUILD, name, tenant_id, using, strict=True, suspended_rebuild=False, **cleared
+        )
+
+
+def claim_paused_rebuild(name: str, tenant_id: str | None, using: str, *, owner: str) -> bool:
+    """A rebuild (holding the lock) runs a projection that is `paused` in the middle of its
+    rebuild: it claims the row for ``owner`` and beats, the status staying `paused`, so that
+    its batches pass the checkpoint's fence and an event that keeps failing makes it
+    `failed`. Returns False (nothing claimed) unless the row is `paused` in a suspended
+    rebuild. Workers never do this: they skip a paused projection."""
+    now = timezone.now()
+    return bool(
+        _states(using)
+        .filter(
+            name=name,
+            tenant_id=tenant_id or NO_TENANT,
+            status=Status.PAUSED,
+            suspended_rebuild=True,
+        )
+        .update(owner=owner, heartbeat_at=now, updated_at=now)
     )
 
 

@@ -11,6 +11,7 @@ from django_eventsource.exceptions import EventSourceError
 from django_eventsource.models import ProjectionStatus as Status
 from django_eventsource.projections import projection_registry
 from django_eventsource.rebuild import rebuild
+from django_eventsource.text import plural
 
 __all__ = ["PROJECTION_ACTIONS", "ProjectionAction", "projection_label"]
 
@@ -62,6 +63,14 @@ def _dead_letter(name: str, tenant_id: str | None) -> str:
     )
 
 
+def _still_paused(name: str, tenant_id: str | None) -> str:
+    """What a rebuild's message adds when the projection was paused, and still is ("" when
+    it is not)."""
+    if control.get_state(name, tenant_id).status != Status.PAUSED:
+        return ""
+    return " It is still paused: resume it to let runners apply new events."
+
+
 def _rebuild(name: str, tenant_id: str | None) -> str:
     projection = projection_registry.get(name)()
     result = rebuild(projection, tenant_id=tenant_id)
@@ -79,7 +88,10 @@ def _rebuild(name: str, tenant_id: str | None) -> str:
             f"on event #{state.failed_event_position}; see its last error. Once the handler is "
             "fixed, retry the event: the rebuild carries on from there."
         )
-    return f"Rebuilt {projection_label(name, tenant_id)}: replayed {result.events_applied} events."
+    return (
+        f"Rebuilt {projection_label(name, tenant_id)}: replayed "
+        f"{plural(result.events_applied, 'event')}." + _still_paused(name, tenant_id)
+    )
 
 
 def _rebuild_shadow(name: str, tenant_id: str | None) -> str:
@@ -92,8 +104,8 @@ def _rebuild_shadow(name: str, tenant_id: str | None) -> str:
         )
     return (
         f"Rebuilt {projection_label(name, tenant_id)} without downtime: replayed "
-        f"{result.events_applied} events into shadow tables and swapped them in "
-        f"({result.swap_seconds * 1000:.0f} ms)."
+        f"{plural(result.events_applied, 'event')} into shadow tables and swapped them in "
+        f"({result.swap_seconds * 1000:.0f} ms)." + _still_paused(name, tenant_id)
     )
 
 
@@ -181,8 +193,8 @@ PROJECTION_ACTIONS: dict[str, ProjectionAction] = {
             description=(
                 "The projection's rows are deleted, its checkpoint goes back to 0 and every "
                 "event is replayed now, in this request. Readers see the read model empty "
-                "and filling up meanwhile. For a large store, prefer "
-                "manage.py rebuild_projections."
+                "and filling up meanwhile. A paused projection stays paused. For a large "
+                "store, prefer manage.py rebuild_projections."
             ),
         ),
         ProjectionAction(
@@ -196,8 +208,8 @@ PROJECTION_ACTIONS: dict[str, ProjectionAction] = {
                 "Every event is replayed into shadow tables now, in this request, while "
                 "readers keep seeing the current rows and the projection keeps being "
                 "applied; then one short transaction swaps the new tables in. Needs twice "
-                "the disk of the tables meanwhile. For a large store, prefer "
-                "manage.py rebuild_projections --shadow."
+                "the disk of the tables meanwhile. A paused projection stays paused. For a "
+                "large store, prefer manage.py rebuild_projections --shadow."
             ),
         ),
     )

@@ -417,7 +417,12 @@ class ProjectionRunner:
         return lock.owner if lock is not None and lock.held else None
 
     def run_projection(
-        self, projection: Projection, result: RunResult, *, until_caught_up: bool = True
+        self,
+        projection: Projection,
+        result: RunResult,
+        *,
+        until_caught_up: bool = True,
+        rebuild: bool = False,
     ) -> bool:
         """Apply the projection's pending events in batches, the one loop; returns whether
         anything was read. Managed runners must hold the projection's lock
@@ -426,6 +431,12 @@ class ProjectionRunner:
 
         ``until_caught_up``: a catch-up, which lets go of the projection (`idle`) when it
         is done; otherwise one pass of a follower, which keeps it `running`.
+
+        ``rebuild``: the replay of a rebuild ([`rebuild`][django_eventsource.rebuild.rebuild]),
+        which also runs a projection that is `paused` in the middle of its rebuild: an
+        operator's pause survives the rebuild, which claims the row
+        ([`claim_paused_rebuild`][django_eventsource.state.claim_paused_rebuild]) and leaves
+        it `paused`, at the checkpoint where it ended. Other runs skip a paused projection.
         """
         projection.event_store = self.event_store
         label, tenant = projection.label, self.tenant_id
@@ -435,8 +446,16 @@ class ProjectionRunner:
             if owner is None:
                 raise ProjectionLocked(label, self.holder(projection))
             row = self.state_of(projection)
-            if row.status in (row.Status.PAUSED, row.Status.FAILED) or not state.start(
-                label, tenant, projection.database, owner=owner
+            # A rebuild of a paused projection replays it all the same (it stays paused).
+            paused_rebuild = (
+                rebuild
+                and row.status == row.Status.PAUSED
+                and row.suspended_rebuild
+                and state.claim_paused_rebuild(label, tenant, projection.database, owner=owner)
+            )
+            if not paused_rebuild and (
+                row.status in (row.Status.PAUSED, row.Status.FAILED)
+                or not state.start(label, tenant, projection.database, owner=owner)
             ):
                 row = self.state_of(projection)
                 if label not in result.skipped:
@@ -453,7 +472,7 @@ class ProjectionRunner:
             for kept in (result.failed, result.lost):
                 if label in kept:
                     kept.remove(label)
-            rebuilding = row.status == row.Status.REBUILDING
+            rebuilding = row.status == row.Status.REBUILDING or paused_rebuild
             start = row.position or 0
             checkpoints: CheckpointStore = DatabaseCheckpointStore(
                 projection.database, owner=owner

@@ -76,12 +76,14 @@ def run(transition: str) -> bool | None:
         return state.finish(NAME, None, DB, owner="me", caught_up=False)
     if transition == "interrupt_rebuild":
         return state.interrupt_rebuild(NAME, None, DB, owner="me")
-    if transition == "begin_rebuild":
+    if transition in ("begin_rebuild", "begin_paused_rebuild"):
         state.begin_rebuild(NAME, None, DB)
     elif transition == "finish_rebuild":
         return state.finish_rebuild(NAME, None, DB)
     elif transition == "fail":
         return state.fail(NAME, None, DB, an_error(), attempts=2, strict=True)
+    elif transition == "fail_paused_rebuild":  # the runner of that rebuild
+        return state.fail(NAME, None, DB, an_error(), attempts=2, owner="me", strict=True)
     elif transition == "pause":
         state.pause(NAME, None, DB)
     elif transition in ("resume", "resume_rebuild"):
@@ -94,20 +96,37 @@ def run(transition: str) -> bool | None:
 
 
 #: The transitions an operator's call makes in a suspended rebuild, and that call's name.
-REBUILD_VARIANTS = {"resume_rebuild": "resume", "set_aside_in_rebuild": "set_aside"}
+REBUILD_VARIANTS = {
+    "resume_rebuild": "resume",
+    "set_aside_in_rebuild": "set_aside",
+    "begin_paused_rebuild": "begin_rebuild",
+    "fail_paused_rebuild": "fail",
+}
 
 
 @pytest.mark.parametrize("transition", sorted(state.TRANSITIONS))
 @pytest.mark.parametrize("source", STORED)
 def test_each_transition_from_each_status(transition: str, source: str) -> None:
     step = state.TRANSITIONS[transition]
-    # The rebuild's variants of resume and set_aside: a row paused or failed in the
-    # middle of a rebuild (only those statuses suspend one).
+    # The rebuild's variants of resume, set_aside, begin_rebuild and fail: a row paused or
+    # failed in the middle of a rebuild (only those statuses suspend one).
     in_rebuild = transition in REBUILD_VARIANTS
     put(source, owner="me", suspended=in_rebuild and source in state.SUSPENDED)
     if source in step.sources:
         run(transition)
         assert status() == step.target
+        return
+    # The rebuild's variants and their main transition: the call makes whichever applies.
+    main = state.TRANSITIONS.get(REBUILD_VARIANTS.get(transition, ""))
+    if transition.endswith("_paused_rebuild") and main and source in main.sources:
+        run(transition)
+        assert status() == main.target
+        return
+    if transition == "begin_rebuild" and source == Status.PAUSED:
+        # A rebuild of a paused projection: it stays paused, its rebuild suspended.
+        run(transition)
+        began = ProjectionState.objects.get(name=NAME)
+        assert (began.status, began.suspended_rebuild) == (Status.PAUSED, True)
         return
     if transition == "start" and source == Status.REBUILDING:
         # A runner continuing an interrupted rebuild claims the row; it stays rebuilding.
@@ -137,10 +156,12 @@ def test_the_transition_table() -> None:
     assert {name: (sorted(t.sources), t.target) for name, t in state.TRANSITIONS.items()} == {
         "start": (["idle", "running"], "running"),
         "finish": (["running"], "idle"),
-        "begin_rebuild": (["failed", "idle", "paused", "rebuilding", "running"], "rebuilding"),
+        "begin_rebuild": (["failed", "idle", "rebuilding", "running"], "rebuilding"),
+        "begin_paused_rebuild": (["paused"], "paused"),
         "finish_rebuild": (["rebuilding"], "idle"),
         "interrupt_rebuild": (["rebuilding"], "rebuilding"),
         "fail": (["rebuilding", "running"], "failed"),
+        "fail_paused_rebuild": (["paused"], "failed"),
         "pause": (["failed", "idle", "rebuilding", "running"], "paused"),
         "resume": (["failed", "paused"], "idle"),
         "resume_rebuild": (["failed", "paused"], "rebuilding"),
@@ -348,17 +369,60 @@ def test_projection_status_says_a_rebuild_is_suspended(suspend: str) -> None:
         in said
     )
     assert "returns it to the rebuild, which rebuild_projections task_board" in said
+    paused = "While it is paused, rebuild_projections task_board carries it on too, and leaves"
+    assert (paused in said) is (suspend == "pause")
     control.resume(NAME)
     out = StringIO()
     call_command("projection_status", NAME, stdout=out)
     assert "in the middle of its rebuild" not in out.getvalue()
 
 
-@pytest.mark.parametrize("end", ["begin_rebuild", "swap_shadow"])
-def test_a_new_rebuild_or_a_shadow_swap_ends_a_suspended_one(end: str) -> None:
-    put(Status.PAUSED, suspended=True)
+@pytest.mark.parametrize(
+    ("end", "suspended_by"), [("begin_rebuild", Status.FAILED), ("swap_shadow", Status.PAUSED)]
+)
+def test_a_new_rebuild_or_a_shadow_swap_ends_a_suspended_one(end: str, suspended_by: str) -> None:
+    put(suspended_by, suspended=True)
     run(end)
     assert row().suspended_rebuild is False
+
+
+def test_a_rebuild_of_a_paused_projection_keeps_it_paused_and_claims_it() -> None:
+    """begin_rebuild made a paused projection `rebuilding`: the rebuild ended the
+    operator's pause (a shadow rebuild's swap kept it)."""
+    for suspended in (False, True):  # paused, or paused in the middle of a rebuild
+        put(Status.PAUSED, owner="a dead rebuild", suspended=suspended)
+        ProjectionState.objects.filter(name=NAME).update(last_error="old", attempts=3)
+        state.begin_rebuild(NAME, None, DB, owner="me")
+        began = row()
+        assert (began.status, began.suspended_rebuild, began.owner) == ("paused", True, "me")
+        assert (began.last_error, began.attempts, began.heartbeat_at is not None) == (
+            "",
+            0,
+            True,
+        )
+    # Only a rebuild of a paused projection in the middle of its rebuild claims it.
+    assert state.claim_paused_rebuild(NAME, None, DB, owner="next") is True
+    assert row().owner == "next"
+    put(Status.PAUSED, owner="", suspended=False)
+    assert state.claim_paused_rebuild(NAME, None, DB, owner="next") is False
+    assert row().owner == ""
+
+
+def test_an_event_failing_in_a_paused_rebuild_fails_it_only_for_its_runner() -> None:
+    put(Status.PAUSED, owner="me", suspended=True)
+    assert state.fail(NAME, None, DB, an_error(), attempts=4, owner="someone else") is False
+    assert status() == "paused"
+    assert state.fail(NAME, None, DB, an_error(), attempts=4, owner="me") is True
+    failed = row()
+    assert (failed.status, failed.suspended_rebuild, failed.failed_event_position) == (
+        "failed",
+        True,
+        7,
+    )
+    assert "at position 7: ValueError: boom" in failed.last_error
+    put(Status.PAUSED, owner="me", suspended=False)  # paused, not in a rebuild: stays so
+    assert state.fail(NAME, None, DB, an_error(), attempts=4, owner="me") is False
+    assert status() == "paused"
 
 
 # Reported statuses --------------------------------------------------------------------------------

@@ -236,6 +236,12 @@ class Command(ProjectionCommand):
                         )
                         + " returns it to the rebuild, which rebuild_projections "
                         f"{name}{tenant} (or a worker running it) carries on from there."
+                        + (
+                            ""
+                            if row.stored_status == ProjectionStatus.FAILED
+                            else f" While it is paused, rebuild_projections {name}{tenant} "
+                            "carries it on too, and leaves it paused."
+                        )
                     )
                 )
             if row.shadow_position is None:

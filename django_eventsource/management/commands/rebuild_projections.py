@@ -14,6 +14,7 @@ from django_eventsource.exceptions import (
     RebuildRefused,
 )
 from django_eventsource.management.commands._base import ProgressPrinter, ProjectionCommand
+from django_eventsource.models import ProjectionStatus
 from django_eventsource.projections import Projection
 from django_eventsource.rebuild import RebuildPlan, plan_rebuild, rebuild
 from django_eventsource.runner import RunResult
@@ -175,6 +176,7 @@ class Command(ProjectionCommand):
                 f"{name}: will {start}{', '.join(plan.tables)} in a shadow schema, replaying "
                 f"up to {plan.events} events, then swap it in; the {plan.rows} live "
                 f"row{'' if plan.rows == 1 else 's'} keep serving until then."
+                + self._stays_paused(plan)
             )
         # An atomic rebuild and --restart start over; otherwise an interrupted one resumes.
         resuming = plan.resuming and not options["atomic"] and not options["restart"]
@@ -187,8 +189,16 @@ class Command(ProjectionCommand):
             return (
                 f"{name}: will {action} replay up to event #{plan.events} (tenant "
                 f"{printable(tenant)}: {plural(plan.tenant_events, 'event')})."
+                + self._stays_paused(plan)
             )
-        return f"{name}: will {action} replay up to {plan.events} events."
+        return f"{name}: will {action} replay up to {plan.events} events." + self._stays_paused(
+            plan
+        )
+
+    @staticmethod
+    def _stays_paused(plan: RebuildPlan) -> str:
+        """An operator's pause survives the rebuild: the plan says so."""
+        return " It is paused, and stays paused." if plan.paused else ""
 
     @staticmethod
     def _locked(error: ProjectionLocked, options: Any) -> str:
@@ -214,11 +224,20 @@ class Command(ProjectionCommand):
         ``("error", message)`` to exit 1 with."""
         label = projection.label
         name = printable(label)
+        state = find_state(label, tenant)
+        paused = state is not None and state.status == ProjectionStatus.PAUSED
+        still_paused = (
+            f" {name} is still paused: resume it (admin, or control.resume()) to let "
+            "runners apply new events."
+            if paused
+            else ""
+        )
         if options["shadow"]:
             if result.swap_seconds is not None:
                 self.stdout.write(
-                    f"{name}: swapped the shadow tables in ({result.events_applied} events "
-                    f"replayed; the swap took {result.swap_seconds * 1000:.0f} ms)."
+                    f"{name}: swapped the shadow tables in "
+                    f"({plural(result.events_applied, 'event')} replayed; the swap took "
+                    f"{result.swap_seconds * 1000:.0f} ms)." + still_paused
                 )
                 return "", ""
             build = find_shadow_build(label, projection.database)
@@ -228,7 +247,6 @@ class Command(ProjectionCommand):
                 f"still serve, nothing was swapped: run rebuild_projections {name} --shadow "
                 "again to resume it."
             )
-        state = find_state(label, tenant)
         where = f"event #{state.position or 0}" if state else "its start"
         again = name + (f" --tenant {printable(tenant)}" if tenant else "")
         if result.lost:
@@ -248,10 +266,19 @@ class Command(ProjectionCommand):
             )
         if result.stopped:
             run = result.result_for(label)
-            return "stopped", (
+            stopped = (
                 f"{name}: the rebuild stopped at event #{run.position if run else 0} before "
                 "it caught up; the read model is half-built until it is resumed: run "
-                f"rebuild_projections {again} again (a catch-up of it, replay_projections "
-                f"{again}, resumes it too)."
+                f"rebuild_projections {again} again"
             )
+            if paused:  # workers skip it: only a rebuild carries it on while it is paused
+                return "stopped", (
+                    f"{stopped} (it stays paused), or resume it (admin, or control.resume()) "
+                    "for a catch-up or a worker running it to carry the rebuild on."
+                )
+            return "stopped", (
+                f"{stopped} (a catch-up of it, replay_projections {again}, resumes it too)."
+            )
+        if paused and options["verbosity"] >= 1:
+            self.stdout.write(f"{name}: rebuilt.{still_paused}")
         return "", ""
