@@ -9,6 +9,7 @@ from django.db.models.signals import post_migrate
 from django.utils.module_loading import autodiscover_modules
 
 from django_eventsource.backends.postgresql import ensure_append_function
+from django_eventsource.built import mark_inline_built_on_empty_store
 from django_eventsource.conf import get_settings
 from django_eventsource.projections import InlineProjections
 from django_eventsource.store import set_inline_projections
@@ -16,7 +17,7 @@ from django_eventsource.store import set_inline_projections
 
 class EventSourceConfig(AppConfig):
     """Wires the app up in `ready`: system checks, the inline projections' append hook,
-    the append function's ``post_migrate`` guard, and projection autodiscovery."""
+    the ``post_migrate`` guards (the append function, built inline projections), and projection autodiscovery."""
 
     name = "django_eventsource"
     label = "django_eventsource"
@@ -31,6 +32,8 @@ class EventSourceConfig(AppConfig):
         set_inline_projections(InlineProjections())
         # Tables made without the migrations (--run-syncdb) still get the append function.
         post_migrate.connect(ensure_append_function, sender=self)
+        # A new store: its inline projections will see every event (the `unbuilt` status).
+        post_migrate.connect(mark_inline_built_on_empty_store, sender=self)
 
         options = get_settings()
         if options.autodiscover_module:

@@ -17,7 +17,7 @@ from uuid import UUID
 
 from asgiref.sync import sync_to_async
 
-from django_eventsource.constants import ExpectedVersion
+from django_eventsource.constants import NO_TENANT, ExpectedVersion
 from django_eventsource.events import DomainEvent, EventRegistry, event_registry
 from django_eventsource.exceptions import ConcurrencyError, DuplicateEventId
 from django_eventsource.stored import ReadResult, StoredEvent, _stamp
@@ -234,6 +234,11 @@ class BaseEventStore:
         answers in at most two statements, whatever the number of pairs.
         """
         return [self.pending_events(p, tenant_id=t) for p, t in checkpoints]
+
+    def event_tenants(self) -> list[str]:
+        """Every tenant an event carries, sorted, ``""`` for events without a tenant: the
+        status pages show the tenants that no runner's state row covers."""
+        return sorted({e.tenant_id or NO_TENANT for e in self.read_all().events})
 
     def stream_version(self, aggregate_id: UUID, *, tenant_id: str | None = None) -> int:
         """The stream's current version (0 when it does not exist)."""

@@ -117,7 +117,7 @@ class InMemoryEventStore(BaseEventStore):
                 e
                 for e in self._events[start:]
                 if (types is None or e.event_type in types)
-                and (tenant_id is None or e.tenant_id == tenant_id)
+                and (tenant_id is None or (e.tenant_id or NO_TENANT) == tenant_id)
             ]
         limited = limit is not None and len(selected) > limit
         return ReadResult(selected[:limit] if limit else selected, start, limited)

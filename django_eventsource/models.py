@@ -14,7 +14,15 @@ from django.db import models
 from django_eventsource.constants import NO_TENANT
 from django_eventsource.exceptions import AppendOnlyError
 
-__all__ = ["CheckpointedModel", "DeadLetter", "Event", "LagSample", "ProjectionState", "Snapshot"]
+__all__ = [
+    "BuiltProjection",
+    "CheckpointedModel",
+    "DeadLetter",
+    "Event",
+    "LagSample",
+    "ProjectionState",
+    "Snapshot",
+]
 
 
 def _refuse(what: str) -> NoReturn:
@@ -142,8 +150,8 @@ CHECKPOINT_FIELDS = ("last_event_id", "last_event_version", "last_event_position
 class ProjectionStatus(models.TextChoices):
     """A projection's statuses; `django_eventsource.state` owns every change between them.
 
-    ``STALE``, ``INTERRUPTED`` and ``INLINE`` are reported (by `projection_status` and the
-    admin), never stored.
+    ``STALE``, ``INTERRUPTED``, ``INLINE``, ``UNASSIGNED`` and ``UNBUILT`` are reported (by
+    `projection_status` and the admin), never stored.
     """
 
     IDLE = "idle", "idle"
@@ -154,6 +162,8 @@ class ProjectionStatus(models.TextChoices):
     STALE = "stale", "stale (its runner stopped beating)"
     INTERRUPTED = "interrupted", "interrupted (a rebuild stopped before it caught up)"
     INLINE = "inline", "inline (kept current by the appends)"
+    UNASSIGNED = "unassigned", "unassigned (a tenant's events no runner applies)"
+    UNBUILT = "unbuilt", "unbuilt (an inline projection never rebuilt over older events)"
 
 
 class ProjectionState(models.Model):
@@ -207,6 +217,34 @@ class ProjectionState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.tenant_id})" if self.tenant_id else self.name
+
+
+class BuiltProjection(models.Model):
+    """An inline projection known to hold every event stored before it existed.
+
+    Appends apply an inline projection to their own events only: one added to a store with
+    history has never seen the older events until ``rebuild_projections`` replays them. A
+    rebuild's checkpoint says that; this row says it where no checkpoint does: the
+    projection was registered while the store held no event (``migrate`` marks it), a
+    shadow rebuild swapped it in, or it was registered when the upgrade to this marker ran
+    (0013: the upgrade cannot tell, see the status how-to). Without either, the status
+    reports the projection ``unbuilt``.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    #: The store's head when it was marked.
+    position = models.BigIntegerField(default=0)
+    #: How it was known to be built (``empty store``, ``shadow swap``, ``upgrade``).
+    reason = models.CharField(max_length=50, blank=True, default="")
+    built_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("name",)
+        verbose_name = "built inline projection"
+        verbose_name_plural = "built inline projections"
+
+    def __str__(self) -> str:
+        return f"{self.name} (built: {self.reason})" if self.reason else self.name
 
 
 class DeadLetterResolution(models.TextChoices):

@@ -109,13 +109,14 @@ def _dead_letters(rows: list[ProjectionStatusRow]) -> dict[tuple[str, str], int]
 
 def _named_tenants(rows: list[ProjectionStatusRow], letters: dict[Any, int]) -> set[str]:
     """The tenants that keep their own label: the ``METRICS_MAX_TENANTS`` in the worst state
-    (failed, then most lag, then longest held back); no tenant ("") always does."""
+    (failed or unassigned, then most lag, then longest held back); no tenant ("") always
+    does."""
     worst: dict[str, tuple[int, int, int, float]] = {}
     for row in rows:
         if not row.tenant_id:
             continue
         score = (
-            int(row.status == "failed"),
+            int(row.status in ("failed", "unassigned")),  # a tenant no runner serves, too
             letters.get((row.projection, row.tenant_id), 0),
             row.lag_events,
             row.held_seconds,

@@ -645,6 +645,7 @@ def _clear_failure(using: str, schema: str) -> None:
 
 def _swap(projection: Projection, runner: _Runner, schema: str, result: Any) -> None:
     from django_eventsource import state
+    from django_eventsource.built import mark_built
     from django_eventsource.models import ProjectionState
 
     using, label = projection.database, projection.label
@@ -687,6 +688,8 @@ def _swap(projection: Projection, runner: _Runner, schema: str, result: Any) -> 
                 )
         keep_inline = projection.inline and row.position is None
         state.swap_shadow(label, None, using, position=None if keep_inline else position)
+        if projection.inline:  # its tables now hold every event: no longer `unbuilt`
+            mark_built(label, using, reason="shadow swap", position=position)
         with connection.cursor() as cursor:
             cursor.execute(f"DROP SCHEMA {_quote(schema)} CASCADE")
     duration = time.monotonic() - started

@@ -21,9 +21,11 @@ from django_eventsource.checkpoints import lag_from_pending, measure_lag
 from django_eventsource.conf import get_settings
 from django_eventsource.projections import projection_registry
 from django_eventsource.store import BaseEventStore, EventStore
+from django_eventsource.text import plural
 
 if TYPE_CHECKING:
     from django_eventsource.backends.postgresql.stamps import StampDiagnosis
+    from django_eventsource.models import ProjectionState
     from django_eventsource.projections import Projection
     from django_eventsource.shadow import ShadowBuild
 
@@ -126,6 +128,11 @@ def projection_statuses(
     for alias in sorted(databases):
         for state in ProjectionState.objects.using(alias).filter(name__in=wanted):
             states[(state.name, state.tenant_id)] = state
+    inline = {n for n in registered if projection_registry.get(n).inline}
+    # Tenants whose events no state row covers: their rows are made up, `unassigned`.
+    unassigned = _unassigned(wanted, states, inline, store)
+    for key in unassigned:
+        states[key] = ProjectionState(name=key[0], tenant_id=key[1])
     for name in wanted:
         if not any(key[0] == name for key in states):
             states[(name, "")] = ProjectionState(name=name)
@@ -133,22 +140,34 @@ def projection_statuses(
         kept = set(keys)
         states = {key: state for key, state in states.items() if key in kept}
     rows = []
-    inline = {n for n in registered if projection_registry.get(n).inline}
     ordered = sorted(states.items())
     head = store.head_position()
+    built = _built_inline(inline & {name for name, _ in states}, head)
     statuses: list[str] = []
-    for (name, _), state in ordered:
+    for key, state in ordered:
+        name = key[0]
         status = reported_status(state, now=now)
-        if name in inline and (state.position is None or status == ProjectionStatus.IDLE):
-            # Kept current by the appends themselves: no lag. A checkpoint left by a rebuild
-            # or a catch-up of it stays where that run ended, since appends never move it;
-            # measured against it, the lag grew with every append, forever.
-            status = ProjectionStatus.INLINE
-            state.position = head
+        if key in unassigned:
+            status = ProjectionStatus.UNASSIGNED
+        elif name in inline and (state.position is None or status == ProjectionStatus.IDLE):
+            if key[1] or name in built:
+                # Kept current by the appends themselves: no lag. A checkpoint left by a
+                # rebuild or a catch-up of it stays where that run ended, since appends
+                # never move it; measured against it, the lag grew with every append.
+                status = ProjectionStatus.INLINE
+                state.position = head
+            else:  # never replayed over the events stored before it: all of them wait
+                status = ProjectionStatus.UNBUILT
+                state.position = None
         statuses.append(str(status))
     letters = _dead_letter_counts(wanted, databases)
     shadows = _shadow_builds(databases)
-    checkpoints = [(state.position or 0, tenant or None) for (_, tenant), state in ordered]
+    # An unassigned row's events are its tenant's alone, "" the events without a tenant
+    # (any other row of tenant "" is a runner of every tenant: no filter).
+    checkpoints = [
+        (state.position or 0, key[1] if key in unassigned else key[1] or None)
+        for key, state in ordered
+    ]
     pending = store.pending_events_many(checkpoints) if head and checkpoints else []
     for index, ((name, tenant), state) in enumerate(ordered):
         status = statuses[index]
@@ -190,6 +209,46 @@ def projection_statuses(
     return rows
 
 
+def _unassigned(
+    names: list[str],
+    states: dict[tuple[str, str], ProjectionState],
+    inline: set[str],
+    store: BaseEventStore,
+) -> set[tuple[str, str]]:
+    """The ``(projection, tenant)`` pairs whose events no runner applies: a registered,
+    asynchronous projection with state rows for some tenants and none for every tenant
+    (``tenant_id = ""``, a runner without ``--tenant``), and a tenant that carries events
+    but has no row; ``""`` for the events without a tenant, which only a runner of every
+    tenant applies. A runner of every tenant covers them all (its own lag counts every
+    tenant's events), so then nothing is unassigned. The tenants come from a skip scan of
+    the events' per-tenant index, only when some projection runs per tenant alone."""
+    split = [
+        name
+        for name in names
+        if name in projection_registry
+        and name not in inline
+        and (name, "") not in states
+        and any(key[0] == name for key in states)
+    ]
+    if not split:
+        return set()
+    tenants = store.event_tenants()
+    return {(name, t) for name in split for t in tenants if (name, t) not in states}
+
+
+def _built_inline(names: set[str], head: int) -> set[str]:
+    """The inline projections of ``names`` known to hold every event (see
+    `django_eventsource.built`); all of them while the store is empty."""
+    from django_eventsource.built import built_inline
+
+    if not head:
+        return set(names)
+    found: set[str] = set()
+    for alias in sorted({projection_registry.get(n)().database for n in names}):
+        found |= built_inline(names, alias)
+    return found
+
+
 def _shadow_builds(databases: set[str]) -> dict[str, ShadowBuild]:
     """The shadow build of each projection (PostgreSQL; one query per database, plus one
     per build)."""
@@ -222,6 +281,8 @@ def _dead_letter_counts(names: list[str], databases: set[str]) -> dict[tuple[str
 #: The kinds of problem the checks report, in the order they are reported.
 CHECKS = (
     "stamps",
+    "unassigned",
+    "unbuilt",
     "failed",
     "stale",
     "interrupted",
@@ -262,6 +323,11 @@ def find_problems(
     `stamp_problem`): the one definition of a failing check.
 
     * ``stamps``: the event stamps need ``rebase_event_stamps`` (nothing new is visible);
+    * ``unassigned``: a tenant's events (or the events without a tenant) are applied by no
+      runner: the projection runs per tenant (``--tenant``) and no state row covers that
+      tenant, nor every tenant;
+    * ``unbuilt``: an inline projection never replayed the events stored before it existed
+      (``rebuild_projections <name>`` does);
     * ``failed``: a projection stopped on an event it cannot apply;
     * ``stale``: a running (or rebuilding) projection's worker stopped beating: it died;
     * ``interrupted``: a rebuild stopped cleanly before it caught up: the read model is
@@ -288,6 +354,27 @@ def find_problems(
         problems.append(Problem("stamps", message=stamps.message()))
     for row in rows:
         found = []
+        if row.status == ProjectionStatus.UNASSIGNED:
+            waiting = plural(row.lag_events, "event")
+            if row.tenant_id:
+                unassigned = (
+                    f"unassigned: {waiting} of tenant {row.tenant_id} wait for a runner (no "
+                    f"state row covers the tenant: run replay_projections --tenant "
+                    f"{row.tenant_id}, or a runner of every tenant)"
+                )
+            else:
+                unassigned = (
+                    f"unassigned: {waiting} without a tenant wait for a runner (only a runner "
+                    "of every tenant, replay_projections without --tenant, applies them)"
+                )
+            found.append(("unassigned", unassigned))
+        if row.status == ProjectionStatus.UNBUILT:
+            unbuilt = (
+                "unbuilt: an inline projection never replayed the events stored before it "
+                f"({plural(row.lag_events, 'event')} in the store, none known to be applied: "
+                "run rebuild_projections)"
+            )
+            found.append(("unbuilt", unbuilt))
         if row.status == ProjectionStatus.FAILED:
             at = row.failed_event_position
             found.append(("failed", "failed" + (f" at event #{at}" if at is not None else "")))

@@ -558,6 +558,19 @@ class EventStore(BaseEventStore):
             row = cursor.fetchone()
         return int(row[0] or 0) if row else 0
 
+    def event_tenants(self) -> list[str]:
+        # A skip scan of the per-tenant index: one probe per tenant, not a read of every
+        # event (the casts keep PostgreSQL's recursive query of one type).
+        sql = (
+            f"WITH RECURSIVE t(tenant) AS (SELECT CAST(MIN(tenant_id) AS TEXT) FROM {TABLE} "
+            f"UNION ALL SELECT CAST((SELECT e.tenant_id FROM {TABLE} e WHERE e.tenant_id > "
+            "t.tenant ORDER BY e.tenant_id LIMIT 1) AS TEXT) FROM t WHERE t.tenant IS NOT NULL) "
+            "SELECT tenant FROM t WHERE tenant IS NOT NULL"
+        )
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(sql)
+            return sorted(row[0] for row in cursor.fetchall())
+
     def has_events_between(
         self,
         aggregate_id: UUID,

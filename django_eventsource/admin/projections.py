@@ -37,7 +37,7 @@ from django_eventsource.admin.base import (
 from django_eventsource.admin.charts import lag_charts
 from django_eventsource.conf import database_alias
 from django_eventsource.exceptions import EventSourceError, RebuildRefused
-from django_eventsource.models import ProjectionState
+from django_eventsource.models import ProjectionState, ProjectionStatus
 from django_eventsource.projections import projection_registry
 from django_eventsource.rebuild import plan_rebuild
 from django_eventsource.status import (
@@ -61,6 +61,10 @@ def linkable(name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+#: Statuses of events that no state row shows (the list's banner).
+UNSERVED = frozenset({ProjectionStatus.UNASSIGNED, ProjectionStatus.UNBUILT})
 
 
 class ProjectionChangeList(ChangeList):
@@ -250,6 +254,20 @@ class ProjectionStateAdmin(ReadOnlyModelAdmin[ProjectionState]):
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return ProjectionChangeList
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The list of state rows, and above it the events that no row shows: tenants no
+        runner serves (``unassigned``), inline projections never built (``unbuilt``)."""
+        if request.method == "GET" and self.has_view_permission(request):
+            unserved = [
+                self._row_context(request, row)
+                for row in projection_statuses()
+                if row.status in UNSERVED
+            ]
+            extra_context = {**(extra_context or {}), "unserved": unserved}
+        return super().changelist_view(request, extra_context)
 
     def change_view(
         self,
@@ -452,9 +470,12 @@ class ProjectionStateAdmin(ReadOnlyModelAdmin[ProjectionState]):
         return hours if hours in self.lag_windows else self.lag_windows[1]
 
     def _row_context(self, request: HttpRequest, row: ProjectionStatusRow) -> dict[str, Any]:
+        unassigned = row.status == ProjectionStatus.UNASSIGNED
         return {
             "row": row,
-            "tenant": tenant_label(row.tenant_id),
+            "tenant": "(events without a tenant)"
+            if unassigned and not row.tenant_id
+            else tenant_label(row.tenant_id),
             "status": status_badge(row.status),
             "lag_time": duration(row.lag_seconds),
             "heartbeat": "never"

@@ -19,11 +19,17 @@ from django_eventsource.status import (
     horizon_holders,
 )
 from django_eventsource.store import EventStore
-from django_eventsource.text import printable
+from django_eventsource.text import plural, printable
 
 #: Statuses shown in red.
 PROBLEM_STATUSES = frozenset(
-    {ProjectionStatus.FAILED, ProjectionStatus.STALE, ProjectionStatus.INTERRUPTED}
+    {
+        ProjectionStatus.FAILED,
+        ProjectionStatus.STALE,
+        ProjectionStatus.INTERRUPTED,
+        ProjectionStatus.UNASSIGNED,
+        ProjectionStatus.UNBUILT,
+    }
 )
 
 
@@ -47,13 +53,16 @@ class Command(ProjectionCommand):
         "seconds, heartbeat age, unresolved dead letters and last error (per tenant). A "
         "running projection whose heartbeat is older than three heartbeat intervals shows as "
         "stale (its worker died); a rebuild stopped before it caught up shows as interrupted "
-        "(its read model is half-built until it is resumed). Lag counts every committed event "
-        "after the checkpoint; on "
+        "(its read model is half-built until it is resumed). A tenant whose events no runner "
+        "applies (the runners each serve one tenant, --tenant, and none serves it; or events "
+        "without a tenant, and no runner of every tenant) shows as unassigned; an inline "
+        "projection never rebuilt over the events stored before it shows as unbuilt. Lag "
+        "counts every committed event after the checkpoint; on "
         "PostgreSQL, events held back by an appending transaction that has not committed are "
         "shown as HELD, with that transaction. With --check, exit 1 when a projection failed, "
-        "is stale or its rebuild interrupted, its shadow rebuild failed (PostgreSQL; the live "
-        "projection keeps its status), has unresolved dead letters (unless "
-        "--allow-dead-letters), lags more "
+        "is stale, unassigned or unbuilt, or its rebuild interrupted, its shadow rebuild "
+        "failed (PostgreSQL; the live projection keeps its status), has unresolved dead "
+        "letters (unless --allow-dead-letters), lags more "
         "than --max-lag events, has events held back longer than --max-held-seconds, or "
         "(PostgreSQL) when the event stamps need rebase_event_stamps after a restore: use it "
         "for monitoring."
@@ -67,7 +76,8 @@ class Command(ProjectionCommand):
         parser.add_argument(
             "--check",
             action="store_true",
-            help="Exit 1 if a projection failed, is stale or its rebuild interrupted, its "
+            help="Exit 1 if a projection failed, is stale, unassigned or unbuilt, or its "
+            "rebuild interrupted, its "
             "shadow rebuild failed, has "
             "unresolved dead letters, lags more than --max-lag events, has events held back longer than "
             "--max-held-seconds, or the event stamps need a re-base.",
@@ -185,7 +195,8 @@ class Command(ProjectionCommand):
         lines = [
             (
                 printable(r.projection),
-                printable(r.tenant_id) or "-",
+                printable(r.tenant_id)
+                or ("(no tenant)" if r.status == ProjectionStatus.UNASSIGNED else "-"),
                 r.status,
                 str(r.position),
                 str(r.head),
@@ -211,6 +222,34 @@ class Command(ProjectionCommand):
             )
             self.stdout.write(style(text))
         for row in rows:
+            if row.status == ProjectionStatus.UNASSIGNED:
+                name = printable(row.projection)
+                waiting = plural(row.lag_events, "event")
+                if row.tenant_id:
+                    tenant = printable(row.tenant_id)
+                    text = (
+                        f"{name}: {waiting} of tenant {tenant} wait for a runner: its runners "
+                        "each serve one tenant, and none serves this one. Run "
+                        f"replay_projections {name} --tenant {tenant} (or a runner of every "
+                        "tenant)."
+                    )
+                else:
+                    text = (
+                        f"{name}: {waiting} without a tenant wait for a runner: its runners "
+                        "each serve one tenant, and only a runner of every tenant "
+                        f"(replay_projections {name}, without --tenant) applies these."
+                    )
+                self.stdout.write(self.style.ERROR(text))
+            if row.status == ProjectionStatus.UNBUILT:
+                name = printable(row.projection)
+                self.stdout.write(
+                    self.style.ERROR(
+                        f"{name}: an inline projection that was never built: the appends "
+                        "apply it to their own events only, and the events stored before it "
+                        f"({plural(row.lag_events, 'event')} in the store, none known to be "
+                        f"applied) were never replayed. Run rebuild_projections {name}."
+                    )
+                )
             if row.status == ProjectionStatus.INTERRUPTED:
                 name = printable(row.projection)
                 again = name + (f" --tenant {printable(row.tenant_id)}" if row.tenant_id else "")
