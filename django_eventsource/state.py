@@ -32,6 +32,8 @@ Reported, never stored:
 | `stale` | stored `running` or `rebuilding`, but the heartbeat is older than three heartbeat intervals: its process died (kill -9, a lost machine) |
 | `interrupted` | stored `rebuilding`, and no runner claims it: the rebuild stopped cleanly (SIGTERM, ``--max-events``) before it caught up, and the read model is half-built until a rebuild or a catch-up of it resumes from the checkpoint |
 | `inline` | an inline projection that no runner has a checkpoint for: the appends keep it current |
+| `unbuilt` | an inline projection never replayed over the events stored before it (`django_eventsource.built`) |
+| `unassigned` | no row: a tenant whose events no runner serves, the projection's runners each serving one other tenant (see `django_eventsource.status.projection_statuses`) |
 
 Transitions (name: from → to):
 

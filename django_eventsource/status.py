@@ -74,7 +74,9 @@ class ProjectionStatusRow:
     #: The status as stored; ``status`` is what to report: ``stale`` when a running or
     #: rebuilding projection's heartbeat is older than three heartbeat intervals (its
     #: runner died), ``interrupted`` for a rebuild no runner claims (it stopped before it
-    #: caught up), ``inline`` for an inline projection without a checkpoint.
+    #: caught up), ``inline`` for an inline projection without a checkpoint, ``unbuilt``
+    #: for one never replayed over the events stored before it, ``unassigned`` for a
+    #: tenant no runner serves (a made-up row: stored ``idle``, position 0).
     stored_status: str = ""
     #: Unresolved dead letters (failed events, and events parked behind them).
     dead_letters: int = 0
@@ -112,7 +114,12 @@ def projection_statuses(
     the number of rows. ``status`` is what to report (see `django_eventsource.state`):
     ``stale`` for a live status without a fresh heartbeat, ``interrupted`` for a rebuild
     that stopped before it caught up, ``inline`` for an inline projection without a
-    checkpoint.
+    checkpoint, ``unbuilt`` for one never replayed over the events stored before it.
+
+    Rows no state row backs: a registered projection without any gets one for every tenant
+    (``""``); one whose runners each serve one tenant gets an ``unassigned`` row for each
+    tenant whose events none serves (``""``: the events without a tenant), with that
+    tenant's events as its lag.
     """
     from django_eventsource.models import ProjectionState, ProjectionStatus
     from django_eventsource.state import reported_status
