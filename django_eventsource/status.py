@@ -140,16 +140,18 @@ def projection_statuses(
     unassigned = _unassigned(wanted, states, inline, store)
     for key in unassigned:
         states[key] = ProjectionState(name=key[0], tenant_id=key[1])
+    head = store.head_position()
+    built = _built_inline(inline & set(wanted), head)
     for name in wanted:
-        if not any(key[0] == name for key in states):
-            states[(name, "")] = ProjectionState(name=name)
+        if not any(key[0] == name for key in states) or (
+            name in inline and name not in built  # its tenant rows do not say it is built
+        ):
+            states.setdefault((name, ""), ProjectionState(name=name))
     if keys is not None:
         kept = set(keys)
         states = {key: state for key, state in states.items() if key in kept}
     rows = []
     ordered = sorted(states.items())
-    head = store.head_position()
-    built = _built_inline(inline & {name for name, _ in states}, head)
     statuses: list[str] = []
     for key, state in ordered:
         name = key[0]

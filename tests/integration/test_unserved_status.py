@@ -227,6 +227,16 @@ def test_the_admin_list_shows_an_unbuilt_projection(admin_client: Client) -> Non
     assert f"rebuild_projections {INDEX}" in page.content.decode()
 
 
+def test_a_tenant_row_does_not_make_it_built() -> None:
+    """One tenant's checkpoint (a tenant's rebuild or catch-up) says nothing of the others:
+    the row for every tenant shows it unbuilt all the same."""
+    store = EventStore()
+    added_to_history(store, 2)
+    append(store, "acme", 1)
+    ProjectionState.objects.create(name=INDEX, tenant_id="acme", position=store.head_position())
+    assert rows(INDEX) == {"": ("unbuilt", 3), "acme": ("inline", 0)}
+
+
 def test_a_catch_up_builds_it_too() -> None:
     added_to_history(EventStore())
     call_command("replay_projections", INDEX, verbosity=0)
@@ -269,4 +279,20 @@ def test_a_rebuilt_projection_whose_marker_is_gone_stays_built() -> None:
 
 def test_an_empty_store_reads_inline(settings: Any) -> None:
     BuiltProjection.objects.all().delete()
+    assert rows(INDEX) == {"": ("inline", 0)}
+
+
+def test_a_shadow_rebuild_builds_it(vendor: str) -> None:
+    """The swap leaves an inline projection without a checkpoint: it marks it built."""
+    if vendor != "postgresql":
+        pytest.skip("--shadow is PostgreSQL only (the rebuild above is its SQLite twin)")
+    from tests.helpers import drop_shadow_schemas
+
+    added_to_history(EventStore())
+    try:
+        call_command("rebuild_projections", INDEX, "--noinput", "--shadow", verbosity=0)
+    finally:
+        drop_shadow_schemas()
+    assert BuiltProjection.objects.get(name=INDEX).reason == "shadow swap"
+    assert TaskIndex.objects.count() == 3
     assert rows(INDEX) == {"": ("inline", 0)}
