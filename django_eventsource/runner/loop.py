@@ -575,7 +575,7 @@ class ProjectionRunner:
                     projection=label,
                     tenant_id=tenant,
                     position=position,
-                    events=len(page.events),
+                    events=consumed,  # read and passed: applied, skipped or set aside
                     applied=applied,
                     total=run.events_read,
                     from_position=previous,

@@ -85,9 +85,10 @@ class Reporter:
             )
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
-                "Applied a batch of %s to %s: position %s to %s in %.3fs",
-                plural(data.get("events", 0), "event"),
+                "Applied a batch to %s: %s passed, %s applied, position %s to %s in %.3fs",
                 self._name(data),
+                plural(data.get("events", 0), "event"),
+                data.get("applied", 0),
                 data.get("from_position"),
                 data.get("position"),
                 duration or 0.0,

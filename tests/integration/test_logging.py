@@ -247,6 +247,15 @@ def test_a_worker_run_emits_the_documented_records(child_db_url: str, tmp_path: 
             record
         )
         assert record["duration"] >= 0
+        # count: the events the batch passed (to its committed position), not those it read
+        # past a failing event; applied: those a handler applied.
+        passed = Event.objects.filter(
+            position__gt=record["from_position"], position__lte=record["to_position"]
+        ).count()
+        assert record["count"] == passed and 0 <= record["applied"] <= passed, record
+        assert f"{record['applied']} applied" in record["message"], record
+    [stopped_at] = [r for r in batches if r["projection"] == "task_board"][-1:]
+    assert stopped_at["to_position"] < poison.position
     stats = [r for r in batches if r["projection"] == "tenant_stats"]
     assert sum(r["count"] for r in stats) == Event.objects.count()
     assert [r["from_position"] for r in stats[1:]] == [r["to_position"] for r in stats[:-1]]
