@@ -129,11 +129,26 @@ def test_status_table_json_and_check() -> None:
     assert (row["held_events"], row["held_seconds"]) == (0, 0.0)
     assert data["horizon_holders"] == []
     assert row["status"] == "idle"
+    assert (data["ok"], data["problems"]) == (True, [])  # no --max-lag: lag alone is fine
     with pytest.raises(SystemExit) as exit_info:
         run("projection_status", "--check", "--max-lag", "0")
     assert exit_info.value.code == 1
+    # The JSON says why the check fails, as the health view does (not only on stderr).
+    out = StringIO()
+    with pytest.raises(SystemExit):
+        call_command(
+            "projection_status", "--check", "--max-lag", "0", "--format", "json", stdout=out
+        )
+    data = json.loads(out.getvalue())
+    assert data["ok"] is False
+    assert {(p["check"], p["projection"]) for p in data["problems"]} == {
+        ("lag", "task_board"),
+        ("lag", "tenant_stats"),
+    }
     run("replay_projections")
     run("projection_status", "--check", "--max-lag", "0")  # caught up: no exit
+    data = json.loads(run("projection_status", "--check", "--max-lag", "0", "--format", "json")[0])
+    assert (data["ok"], data["problems"]) == (True, [])
     with pytest.raises(CommandError, match="only makes sense with --check"):
         run("projection_status", "--max-lag", "3")
     with pytest.raises(CommandError, match="only makes sense with --check"):

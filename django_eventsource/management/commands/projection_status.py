@@ -144,6 +144,10 @@ class Command(ProjectionCommand):
                         "horizon_holder": asdict(holders[0]) if holders else None,
                         "horizon_holders": [asdict(h) for h in holders],
                         "stamps_need_rebase": stamps.as_dict() if stamps else None,
+                        # What --check checks (with its thresholds), as the health view
+                        # reports it: a script reads why without parsing stderr.
+                        "ok": report.ok,
+                        "problems": [p.as_dict() for p in report.problems],
                     },
                     indent=2,
                     default=str,
