@@ -34,7 +34,9 @@ __all__ = [
     "record_dead_letter",
     "record_failure",
     "record_retry",
+    "record_shadow_batch",
     "record_shadow_failure",
+    "record_shadow_retry",
 ]
 
 #: The ``tenant`` label of the tenants beyond ``METRICS_MAX_TENANTS`` (a tenant really named
@@ -119,6 +121,26 @@ class _Instruments:
             "(the live projection did not fail: it keeps serving and being applied).",
             ["projection"],
         )
+        # A shadow rebuild's build: its work is not the live projection's, so it has its own
+        # names (dashboards of the live projection do not see it).
+        self.shadow_applied: Counter = Counter(
+            "eventsource_shadow_events_applied",
+            "Events this process's shadow rebuilds applied to their shadow tables, counted "
+            "per committed batch (not applied to the live projection).",
+            ["projection"],
+        )
+        self.shadow_batches: Histogram = Histogram(
+            "eventsource_shadow_batch_duration_seconds",
+            "Seconds to read, apply and commit one batch of a shadow rebuild's build, in this "
+            "process.",
+            ["projection"],
+            buckets=BATCH_BUCKETS,
+        )
+        self.shadow_retries: Counter = Counter(
+            "eventsource_shadow_event_retries",
+            "Retries of a failing event by this process's shadow rebuilds.",
+            ["projection"],
+        )
         self._appended_children: dict[str, Any] = {}
 
     def appended_child(self, tenant_id: str | None) -> Any:
@@ -192,6 +214,24 @@ def record_failure(projection: str) -> None:
     instruments = _instruments()
     if instruments is not None:
         instruments.failures.labels(projection).inc()
+
+
+def record_shadow_batch(projection: str, *, applied: int, seconds: float) -> None:
+    """One committed batch of a shadow rebuild's build (the live projection's counters are
+    not touched: it did not do this work)."""
+    instruments = _instruments()
+    if instruments is None:
+        return
+    if applied:
+        instruments.shadow_applied.labels(projection).inc(applied)
+    instruments.shadow_batches.labels(projection).observe(seconds)
+
+
+def record_shadow_retry(projection: str) -> None:
+    """A shadow rebuild's build retries a failing event."""
+    instruments = _instruments()
+    if instruments is not None:
+        instruments.shadow_retries.labels(projection).inc()
 
 
 def record_shadow_failure(projection: str) -> None:

@@ -53,8 +53,8 @@ class Reporter:
     ) -> None:
         self.callback = callback or _ignore
         self.tenant_id = tenant_id
-        #: The reports of a shadow rebuild's build: its failure is not the live
-        #: projection's (its own metric, and records that say so).
+        #: The reports of a shadow rebuild's build: its batches, retries and failure are not
+        #: the live projection's (metrics of their own, and records that say so).
         self.shadow = shadow
 
     def __call__(self, kind: str, **data: Any) -> None:
@@ -76,7 +76,11 @@ class Reporter:
 
     def _on_batch(self, data: dict[str, Any]) -> None:
         duration = data.get("duration")
-        if duration is not None:
+        if duration is not None and self.shadow:  # the shadow's work, not the live one's
+            metrics.record_shadow_batch(
+                data["projection"], applied=data.get("applied", 0), seconds=duration
+            )
+        elif duration is not None:
             metrics.record_batch(
                 data["projection"],
                 data.get("tenant_id", self.tenant_id),
@@ -120,7 +124,10 @@ class Reporter:
         return text, fields
 
     def _on_retry(self, data: dict[str, Any]) -> None:
-        metrics.record_retry(data["projection"])
+        if self.shadow:
+            metrics.record_shadow_retry(data["projection"])
+        else:
+            metrics.record_retry(data["projection"])
         event, fields = self._event_failure(data)
         logger.warning(
             "Retrying event %s of %s in %.2fs (retry %s): %s",

@@ -36,6 +36,20 @@ def corrupt_rows() -> dict[Any, dict]:
     return task_board_rows()
 
 
+def applied_counts(label: str) -> dict[str, float]:
+    """This process's applied-events counters of ``label``, the live one and the shadow's."""
+    return {
+        "eventsource_events_applied_total": REGISTRY.get_sample_value(
+            "eventsource_events_applied_total", {"projection": label, "tenant": ""}
+        )
+        or 0.0,
+        "eventsource_shadow_events_applied_total": REGISTRY.get_sample_value(
+            "eventsource_shadow_events_applied_total", {"projection": label}
+        )
+        or 0.0,
+    }
+
+
 def names_of(table: str) -> dict[str, list[str]]:
     """The index, constraint and sequence names Django's migrations rely on."""
     with connection.cursor() as cursor:
@@ -86,10 +100,18 @@ def test_a_shadow_rebuild_replaces_the_rows_and_keeps_every_name() -> None:
     corrupt_rows()
     names = names_of(TaskSummary._meta.db_table)
     assert names["indexes"] and names["constraints"] and names["sequence"][0]
+    counted = applied_counts("task_board")
 
     result = rebuild(TaskBoard(), shadow=True, batch_size=5)
 
     assert task_board_rows() == fold_task_board(store)
+    # The build's work is counted as the shadow's: the live projection did none of it (its
+    # counter counted the replay).
+    assert {n: v - counted[n] for n, v in applied_counts("task_board").items()} == {
+        "eventsource_events_applied_total": 0.0,
+        "eventsource_shadow_events_applied_total": float(result.events_applied),
+    }
+    assert result.events_applied == len(store.read_all().events)
     assert names_of(TaskSummary._meta.db_table) == names
     assert result.swap_seconds is not None
     state = ProjectionState.objects.get(name="task_board")

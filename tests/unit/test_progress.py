@@ -56,3 +56,38 @@ def test_a_shadow_build_s_failure_is_counted_as_the_shadow_s() -> None:
     assert (shadow[0] - before[0], shadow[1] - before[1]) == (0.0, 1.0)
     assert (live[0] - shadow[0], live[1] - shadow[1]) == (1.0, 0.0)
     assert reported == ["failed"]  # the callback still hears of it
+
+
+def test_a_shadow_build_s_batches_and_retries_are_counted_as_the_shadow_s() -> None:
+    """A shadow build's batches and retries were counted under the live projection
+    (eventsource_events_applied_total, _batch_duration_seconds, _event_retries_total), so
+    its dashboards showed it doing work it was not doing."""
+    from prometheus_client import REGISTRY
+
+    from django_eventsource.runner import Reporter
+
+    names = (
+        ("eventsource_events_applied_total", {"projection": "unit_board", "tenant": ""}),
+        ("eventsource_batch_duration_seconds_count", {"projection": "unit_board"}),
+        ("eventsource_event_retries_total", {"projection": "unit_board"}),
+        ("eventsource_shadow_events_applied_total", {"projection": "unit_board"}),
+        ("eventsource_shadow_batch_duration_seconds_count", {"projection": "unit_board"}),
+        ("eventsource_shadow_event_retries_total", {"projection": "unit_board"}),
+    )
+
+    def counts() -> list[float]:
+        return [REGISTRY.get_sample_value(name, labels) or 0.0 for name, labels in names]
+
+    batch = {"projection": "unit_board", "position": 9, "events": 3, "applied": 3}
+    retry = {"projection": "unit_board", "position": 7, "error": "boom", "attempt": 1}
+    before = counts()
+    shadow = Reporter(None, None, shadow=True)
+    shadow("batch", **batch, duration=0.01)
+    shadow("retry", **retry)
+    built = counts()
+    live = Reporter(None, None)
+    live("batch", **batch, duration=0.01)
+    live("retry", **retry)
+    after = counts()
+    assert [b - a for a, b in zip(before, built, strict=True)] == [0, 0, 0, 3, 1, 1]
+    assert [b - a for a, b in zip(built, after, strict=True)] == [3, 1, 1, 0, 0, 0]
