@@ -169,6 +169,7 @@ def rebuild(
     atomic: bool = False,
     shadow: bool = False,
     install_signal_handlers: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
     """Reset and replay ``projection``; resumes an interrupted rebuild unless ``restart``.
 
@@ -189,6 +190,13 @@ def rebuild(
     ``tenant_id=""`` is a ``ValueError`` (None is every tenant): see
     [`check_run_tenant`][django_eventsource.validation.check_run_tenant].
 
+    ``install_signal_handlers``: SIGINT and SIGTERM stop it, for as long as it runs.
+    ``should_stop``: asked between batches (and while it waits for the lock), it stops the
+    rebuild when it returns True, as ``stop()`` does; a program that must stop cleanly
+    wherever a signal lands installs one
+    [`StopSignals`][django_eventsource.runner.signals.StopSignals] for its whole run and
+    passes it here (``rebuild_projections`` does).
+
     The result says how it ended: ``failed`` (the projection is failed), ``stopped`` (a
     signal or ``stop()``: it stays ``rebuilding``, and the next rebuild or runner resumes
     it), ``lost`` (another runner took the projection over mid-run and continues it). A
@@ -208,6 +216,7 @@ def rebuild(
             progress_callback=progress_callback,
             restart=restart,
             install_signal_handlers=install_signal_handlers,
+            should_stop=should_stop,
         )
     projection.check_tenant_rebuild(tenant_id)  # before anything is locked or deleted
     runner = ProjectionRunner(
@@ -217,6 +226,7 @@ def rebuild(
         batch_size=batch_size,
         progress_callback=progress_callback,
         install_signal_handlers=install_signal_handlers,
+        should_stop=should_stop,
     )
     name = printable(projection.label) + tenant_text(tenant_id)
     fields = {"projection": projection.label, "tenant": tenant_id, "atomic": atomic}
@@ -249,7 +259,14 @@ def rebuild(
             result.lost.append(projection.label)
             runner.report("lock_lost", projection=projection.label, holder=holder)
             return result, "lost its lock"
-        result.stopped = runner.stopping and not result.failed
+        # Stopped: in the middle of its rebuild. A stop that came after the replay caught
+        # up (or after an atomic rebuild committed) stopped nothing: it is rebuilt.
+        result.stopped = (
+            runner.stopping
+            and not result.failed
+            and not atomic
+            and _interrupted(runner.state_of(projection))
+        )
         return result, "failed" if result.failed else "stopped" if result.stopped else "finished"
 
     # The signal handlers stop the wait for the lock too; they are restored afterwards.
@@ -266,6 +283,7 @@ def _rebuild_in_shadow(
     progress_callback: ProgressCallback | None,
     restart: bool,
     install_signal_handlers: bool,
+    should_stop: Callable[[], bool] | None,
 ) -> RunResult:
     from django_eventsource.shadow import (
         ShadowCheckpointStore,
@@ -285,6 +303,7 @@ def _rebuild_in_shadow(
         progress_callback=progress_callback,
         install_signal_handlers=install_signal_handlers,
         error_policy="raise",
+        should_stop=should_stop,
     )
     # Its failures are the shadow's, not the live projection's (metrics and log records).
     runner.report = Reporter(progress_callback, None, shadow=True)
@@ -366,6 +385,7 @@ def _rebuild_atomically(
         if result.failed:
             reason = control.get_state(projection.label, tenant_id).last_error.splitlines()
             raise RebuildAborted(projection.label, reason[0] if reason else "an event failed")
-        if runner.stopping:
+        # A stop that came once the replay had caught up stops nothing: it commits.
+        if runner.stopping and _interrupted(runner.state_of(projection)):
             raise RebuildAborted(projection.label, "it was stopped before it caught up")
     return result

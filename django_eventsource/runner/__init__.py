@@ -17,6 +17,7 @@ The modules, one concept each (this package re-exports their public names):
 | `runner.progress` | `Reporter`: progress reports as log records (logger `django_eventsource.runner`) and metrics |
 | `runner.loop` | `ProjectionRunner`: the batch loop, locks, status, heartbeats, follow; `LockLost` |
 | `runner.catchup` | `catch_up`: the loop for one projection, raising instead of pausing |
+| `runner.signals` | `StopSignals`: SIGINT and SIGTERM stop a whole program (a command) cleanly, from its start to its exit |
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from django_eventsource.runner.held import SETTLE_SECONDS as SETTLE_SECONDS
 from django_eventsource.runner.loop import LockLost, ProjectionRunner
 from django_eventsource.runner.progress import ProgressCallback as ProgressCallback
 from django_eventsource.runner.progress import Reporter as Reporter
+from django_eventsource.runner.signals import StopSignals
 
 __all__ = [
     "CatchUpResult",
     "LockLost",
     "ProjectionRunner",
     "RunResult",
+    "StopSignals",
     "apply_batch",
     "catch_up",
 ]

@@ -542,9 +542,8 @@ def test_a_rebuild_that_loses_its_lock_says_so_instead_of_a_traceback(
 
 
 @pytest.mark.slow
-# --atomic is not stopped here: SIGINT landing right after its first progress line killed
-# it outright once in CI (exit -2, no output; its transaction rolled back), which is left
-# open in the closing note. test_rebuild_atomic covers its rollback.
+# --atomic: tests/integration/test_rebuild_signals.py (its first progress line reached this
+# test only as the process exited, where a signal killed it: exit -2, once in CI).
 @pytest.mark.parametrize("mode", ["default", "shadow"])
 def test_a_stopped_rebuild_says_how_to_resume_and_leaves_the_rest_alone(
     child_db_url: str, vendor: str, mode: str

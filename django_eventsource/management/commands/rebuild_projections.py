@@ -17,7 +17,7 @@ from django_eventsource.management.commands._base import ProgressPrinter, Projec
 from django_eventsource.models import ProjectionStatus
 from django_eventsource.projections import Projection
 from django_eventsource.rebuild import RebuildPlan, plan_rebuild, rebuild
-from django_eventsource.runner import RunResult
+from django_eventsource.runner import Reporter, RunResult, StopSignals
 from django_eventsource.shadow import check_shadow_rebuild, find_shadow_build
 from django_eventsource.store import EventStore
 from django_eventsource.text import plural, printable
@@ -30,13 +30,38 @@ class Command(ProjectionCommand):
         "their checkpoints and replay every event in batches. Resumes an interrupted "
         "rebuild. Refuses while a live runner holds a projection (or waits with --wait), "
         "unless --shadow. Readers see the projection fill up as it rebuilds, unless --atomic "
-        "or --shadow. SIGINT/SIGTERM stops it after the batch in hand and exits 0 (run it "
-        "again to resume), except --atomic, which rolls back and exits 1. Exits 1 when a "
+        "or --shadow. SIGINT/SIGTERM, wherever it lands from the command's start to its exit, "
+        "stops it after the batch in hand and exits 0 (run it again to resume), except "
+        "--atomic, which rolls back and exits 1. Exits 1 when a "
         "rebuild is refused, fails or loses its lock. Either way it says so and leaves the "
         "projections after it alone."
     )
     requires_migrations_checks = True
     all_by_default = False
+    #: SIGINT and SIGTERM, from the command's start to its exit (see `execute`).
+    signals: StopSignals | None = None
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        # From the command line: from here to the process's exit, a signal never kills it
+        # (Python's default handler is not put back; nor, as it exits, is its default).
+        self.signals = StopSignals()
+        self.signals.install()
+        try:
+            super().run_from_argv(argv)
+        finally:  # its exit code (sys.exit) and output are the command's
+            self.signals.ignore_until_exit()
+
+    def execute(self, *args: Any, **options: Any) -> Any:
+        """Run the whole command (checks, plan, question, every rebuild) under one
+        `StopSignals`: a signal anywhere stops it cleanly, never by ``KeyboardInterrupt``
+        between two rebuilds. ``call_command`` restores the handlers it found."""
+        if self.signals is not None:
+            return super().execute(*args, **options)
+        with StopSignals() as self.signals:
+            try:
+                return super().execute(*args, **options)
+            finally:
+                self.signals = None
 
     def add_arguments(self, parser: CommandParser) -> None:
         super().add_arguments(parser)
@@ -113,9 +138,11 @@ class Command(ProjectionCommand):
         if options["dry_run"]:
             self.stdout.write("Dry run: nothing was changed.")
             return
-        if options["interactive"]:
+        signals = self.signals or StopSignals()  # handle() called directly: no handlers
+        if options["interactive"] and not signals.stopped:
             try:
-                answer = input("Type 'yes' to continue: ")
+                with signals.interrupting():  # Ctrl-C at the question cancels it
+                    answer = input("Type 'yes' to continue: ")
             except (EOFError, KeyboardInterrupt):  # no terminal to answer, or Ctrl-C
                 raise CommandError(
                     "Rebuild cancelled: no answer (pass --noinput to rebuild without "
@@ -126,10 +153,15 @@ class Command(ProjectionCommand):
         printer = ProgressPrinter(
             self, options["verbosity"], subject="shadow build" if options["shadow"] else ""
         )
+        # Said once, where the command notices the signal (not from the signal handler).
+        signals.on_stop = lambda name: Reporter(printer, tenant)("signal", signal=name)
         for index, projection in enumerate(projections):
             # Whatever ends the command early leaves these alone: say so.
             rest = [p.label for p in projections[index + 1 :]]
             left = f" Not rebuilt: {', '.join(rest)}." if rest else ""
+            if signals():  # stopped before this one started: it is left as it was
+                self._stopped_before(projection, projections[index:], signals, options)
+                break
             try:
                 result = rebuild(
                     projection,
@@ -141,7 +173,7 @@ class Command(ProjectionCommand):
                     restart=options["restart"],
                     atomic=options["atomic"],
                     shadow=options["shadow"],
-                    install_signal_handlers=True,
+                    should_stop=signals,
                 )
             except RebuildAborted as exc:
                 raise CommandError(printable(f"{exc}{left}"), returncode=1) from exc
@@ -155,6 +187,25 @@ class Command(ProjectionCommand):
             if ended == "stopped":  # a signal: stop here (exit 0), say where and what is left
                 self.stdout.write(self.style.WARNING(text + left))
                 break
+
+    def _stopped_before(
+        self,
+        projection: Projection,
+        left: list[Projection],
+        signals: StopSignals,
+        options: Any,
+    ) -> None:
+        """A signal came before the rebuild of ``projection`` started (during the checks,
+        the plan, or the rebuild before it): it and the ones after are left as they were.
+        Exit 0, as any stop; ``--atomic`` exits 1, as its stops do."""
+        names = ", ".join(p.label for p in left)
+        text = (
+            f"Stopped by {signals.received} before the rebuild of {projection.label} "
+            f"started: nothing of it was changed. Not rebuilt: {names}."
+        )
+        if options["atomic"]:
+            raise CommandError(printable(text), returncode=1)
+        self.stdout.write(self.style.WARNING(printable(text)))
 
     def _plan_line(self, plan: RebuildPlan, projection: Projection, options: Any) -> str:
         name, tenant = printable(plan.projection), options["tenant"]
