@@ -621,3 +621,32 @@ def test_a_stopped_rebuild_says_how_to_resume_and_leaves_the_rest_alone(
         if shadow:
             drop_shadow_schemas()
     assert task_board_rows() == fold_task_board(store)
+
+
+def test_a_rebuild_of_a_paused_projection_that_loses_its_lock_says_what_is_left(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said "It stays rebuilding, and the runner that holds it now continues the
+    replay": a paused projection is not rebuilding, and workers skip it while it is
+    paused, so nobody did (only a rebuild carries it on, or a resume)."""
+    from django_eventsource import control
+    from tests.testapp import projections
+
+    settings.EVENTSOURCE = {**settings.EVENTSOURCE, "HEARTBEAT_INTERVAL": 0.001}
+    store = EventStore()
+    task_history(store, tasks=10, seed=22)
+    run("replay_projections", "task_board")
+    control.pause("task_board")
+    monkeypatch.setattr(projections, "TAKEOVER_AFTER", projections._handled + 5)
+    with pytest.raises(CommandError) as info:
+        run("rebuild_projections", "task_board", "--noinput", "--batch-size", "2")
+    assert info.value.returncode == 1
+    state = ProjectionState.objects.get(name="task_board")
+    assert (state.status, state.suspended_rebuild, state.owner) == ("paused", True, "a successor")
+    assert str(info.value) == (
+        f"Rebuild of 'task_board' lost its lock to a successor at event #{state.position}: "
+        "the batch in hand was rolled back. It is paused in the middle of its rebuild, "
+        "which workers skip while it is paused: another rebuild_projections task_board "
+        "carries the rebuild on from there (it stays paused), or resume it (admin, or "
+        "control.resume()) for a worker to."
+    )

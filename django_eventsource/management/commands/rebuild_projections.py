@@ -302,10 +302,20 @@ class Command(ProjectionCommand):
         again = name + (f" --tenant {printable(tenant)}" if tenant else "")
         if result.lost:
             holder = state.owner if state and state.owner else "another runner"
-            return "error", (
+            lost = (
                 f"Rebuild of {label!r} lost its lock to {holder} at {where}: the batch in "
-                "hand was rolled back. It stays rebuilding, and the runner that holds it now "
-                "continues the replay from there."
+                "hand was rolled back."
+            )
+            if paused:  # workers skip it: nobody carries it on but a rebuild, or a resume
+                return "error", (
+                    f"{lost} It is paused in the middle of its rebuild, which workers skip "
+                    f"while it is paused: another rebuild_projections {again} carries the "
+                    "rebuild on from there (it stays paused), or resume it (admin, or "
+                    "control.resume()) for a worker to."
+                )
+            return "error", (
+                f"{lost} It stays rebuilding, and the runner that holds it now continues the "
+                "replay from there."
             )
         if result.failed:
             error = state.last_error.split("\n\n", 1)[0] if state else "see projection_status"
