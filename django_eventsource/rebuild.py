@@ -92,6 +92,15 @@ class RebuildPlan:
     tenant_events: int | None = None
     #: The projection is paused: it stays paused (the rebuild replays it all the same).
     paused: bool = False
+    #: How many events the replay applies, as the store has them now: the committed events
+    #: a reader can read (after ``position`` when it resumes; for one tenant, its own), the
+    #: number the rebuild's summary counts. Not ``events``, a position: positions have gaps,
+    #: and PostgreSQL's ordering horizon can hold committed events back (``held``).
+    replayed: int = 0
+    #: Committed events PostgreSQL's ordering horizon holds back now (an appending
+    #: transaction is still open): the replay stops before them, unless they are released
+    #: while it runs; the next catch-up applies them. 0 elsewhere.
+    held: int = 0
 
 
 def plan_rebuild(
@@ -99,9 +108,12 @@ def plan_rebuild(
     *,
     tenant_id: str | None = None,
     event_store: BaseEventStore | None = None,
+    restart: bool = False,
 ) -> RebuildPlan:
     """What [`rebuild`][django_eventsource.rebuild.rebuild] would delete and replay; reads
-    only (``ValueError`` for the tenant ``""``, `RebuildRefused` as the rebuild would)."""
+    only (``ValueError`` for the tenant ``""``, `RebuildRefused` as the rebuild would).
+    ``restart``: the plan of a rebuild that starts over (``restart=True``, or ``atomic``),
+    even if an interrupted one could be resumed."""
     check_run_tenant(tenant_id)
     projection.check_tenant_rebuild(tenant_id)
     store = event_store or EventStore()
@@ -114,11 +126,14 @@ def plan_rebuild(
         if tenant_id is not None and model not in projection.models_without_tenant():
             queryset = queryset.filter(tenant_id=tenant_id)
         rows += queryset.count()
-    resuming = state is not None and _interrupted(state)
+    resuming = not restart and state is not None and _interrupted(state)
+    position = (state.position or 0) if state is not None and resuming else 0
     if tenant_id is None:
         last, count = store.head_position(), None
     else:  # the tenant's events, not the store's head: other tenants' are not replayed
         last, count = _tenant_events(store, tenant_id)
+    # What the replay reads, counted as it reads them (feed order, up to the horizon).
+    pending = store.pending_events(position, tenant_id=tenant_id)
     return RebuildPlan(
         projection=projection.label,
         tenant_id=tenant_id,
@@ -126,9 +141,11 @@ def plan_rebuild(
         rows=rows,
         events=last,
         resuming=resuming,
-        position=(state.position or 0) if state is not None and resuming else 0,
+        position=position,
         tenant_events=count,
         paused=state is not None and state.status == state.Status.PAUSED,
+        replayed=pending.readable,
+        held=pending.held,
     )
 
 

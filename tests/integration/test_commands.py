@@ -19,7 +19,7 @@ from django_eventsource import EventStore, ProjectionState
 from django_eventsource.locks import lock_for
 from tests.factories import task_history
 from tests.fold import fold_task_board, task_board_rows
-from tests.helpers import ROOT, child_env
+from tests.helpers import ROOT, all_events, child_env
 from tests.testapp.events import TaskCreated, TaskRenamed
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -233,6 +233,51 @@ def test_a_tenant_rebuild_plans_to_replay_up_to_that_tenant_s_last_event() -> No
     assert (whole.events, whole.tenant_events) == (store.head_position(), None)
 
 
+@pytest.mark.slow
+def test_the_plan_counts_the_events_the_replay_applies_as_its_summary_does(
+    child_db_url: str, vendor: str
+) -> None:
+    """It said "replay up to H events", H the head's position: not a count (positions have
+    gaps), and on PostgreSQL events an open appending transaction holds back are not
+    replayed. The plan now counts what the replay reads, the number its summary ends with.
+    SQLite has no horizon (an open writer would block the append): its twin has no held
+    events, and the counts agree all the same."""
+    from django_eventsource.rebuild import plan_rebuild
+    from tests.concurrency.test_writers import start_hold, tell, wait
+    from tests.testapp.projections import TaskBoard
+
+    store = EventStore()
+    task_history(store, tasks=3, seed=18)
+    readable = len(all_events(store))
+    worker = start_hold(child_db_url, str(uuid4()))[0] if vendor == "postgresql" else None
+    try:
+        held = 0
+        if worker is not None:  # committed after the open append took its id: held back
+            task_history(store, tasks=2, seed=19)
+            held = store.pending_events(0).held  # what the horizon holds back now
+            assert held > 0 and store.pending_events(0).readable == readable
+        plan = plan_rebuild(TaskBoard())
+        assert (plan.replayed, plan.held) == (readable, held)
+        assert plan.events == store.head_position()  # a position, not what is replayed
+        out, _ = run("rebuild_projections", "task_board", "--noinput")
+        said = (
+            f"task_board: will delete 0 rows of testapp_tasksummary and replay {readable} events"
+        )
+        if held:
+            said += (
+                f" ({held} more committed, held back by a transaction still open: the next "
+                "catch-up applies them if the replay does not)."
+            )
+        else:
+            said += "."
+        assert said in out, out
+        assert f"({readable} events, " in out, out  # the summary: "task_board 0 → P (N events"
+    finally:
+        if worker is not None:
+            tell(worker, "commit")
+            wait(worker)
+
+
 def test_rebuild_needs_names_and_confirmation(monkeypatch: pytest.MonkeyPatch) -> None:
     task_history(EventStore(), tasks=2)
     run("replay_projections", "task_board")
@@ -438,15 +483,18 @@ def test_the_plan_of_an_interrupted_rebuild_says_resume_or_start_over() -> None:
     store = EventStore()
     task_history(store, tasks=4, seed=15)
     run("replay_projections", "task_board")
-    ProjectionState.objects.filter(name="task_board").update(status="rebuilding", position=3)
-    head = store.head_position()
+    feed = [e.position for e in all_events(store)]
+    third = feed[2]
+    ProjectionState.objects.filter(name="task_board").update(status="rebuilding", position=third)
     out, _ = run("rebuild_projections", "task_board", "--dry-run")
     assert (
-        "task_board: will resume the interrupted rebuild of testapp_tasksummary from event #3 "
-        f"and replay up to {head} events."
+        "task_board: will resume the interrupted rebuild of testapp_tasksummary from event "
+        f"#{third} and replay {len(feed) - 3} events."  # the events after it, in feed order
     ) in out
     out, _ = run("rebuild_projections", "task_board", "--dry-run", "--restart")
-    assert f"task_board: will delete 4 rows of testapp_tasksummary and replay up to {head}" in out
+    assert (
+        f"task_board: will delete 4 rows of testapp_tasksummary and replay {len(feed)} events."
+    ) in out
 
 
 def test_a_replay_dry_run_counts_the_tenant_s_events() -> None:

@@ -128,7 +128,12 @@ class Command(ProjectionCommand):
                 for projection in projections:
                     check_shadow_rebuild(projection, tenant)
             self.check_tenant(projections, tenant, store)  # before a state row is created
-            plans = [plan_rebuild(p, tenant_id=tenant, event_store=store) for p in projections]
+            # --restart and --atomic start over; --shadow builds from its own checkpoint.
+            restart = options["restart"] or options["atomic"] or options["shadow"]
+            plans = [
+                plan_rebuild(p, tenant_id=tenant, event_store=store, restart=restart)
+                for p in projections
+            ]
         except (RebuildRefused, NotSupportedOnBackend) as exc:
             raise CommandError(str(exc)) from exc
         # The plan: always for a dry run and before the question; else not at -v0.
@@ -225,7 +230,7 @@ class Command(ProjectionCommand):
                 start = f"resume its shadow build (at event #{build.position}{failed}) of "
             return (
                 f"{name}: will {start}{', '.join(plan.tables)} in a shadow schema, replaying "
-                f"up to {plan.events} events, then swap it in; the {plan.rows} live "
+                f"up to {self._replayed(plan)}, then swap it in; the {plan.rows} live "
                 f"row{'' if plan.rows == 1 else 's'} keep serving until then."
                 + self._stays_paused(plan)
             )
@@ -242,9 +247,19 @@ class Command(ProjectionCommand):
                 f"{printable(tenant)}: {plural(plan.tenant_events, 'event')})."
                 + self._stays_paused(plan)
             )
-        return f"{name}: will {action} replay up to {plan.events} events." + self._stays_paused(
-            plan
+        return f"{name}: will {action} replay {self._replayed(plan)}." + self._stays_paused(plan)
+
+    @staticmethod
+    def _replayed(plan: RebuildPlan) -> str:
+        """The events the replay reads, as the summary at its end counts them (not the
+        head's position: positions have gaps, and PostgreSQL's horizon holds some back)."""
+        held = (
+            f" ({plan.held} more committed, held back by a transaction still open: the "
+            "next catch-up applies them if the replay does not)"
+            if plan.held
+            else ""
         )
+        return plural(plan.replayed, "event") + held
 
     @staticmethod
     def _stays_paused(plan: RebuildPlan) -> str:
