@@ -60,7 +60,7 @@ from django_eventsource.exceptions import (
 from django_eventsource.logs import tenant_text
 from django_eventsource.memorystore import InMemoryEventStore
 from django_eventsource.pending import count_pending, count_pending_many
-from django_eventsource.stored import ReadResult, StoredEvent, _Stamps
+from django_eventsource.stored import ReadResult, StoredEvent, _Stamps, _wrap_appended
 from django_eventsource.text import plural
 from django_eventsource.transactions import write_transaction
 from django_eventsource.validation import (
@@ -382,28 +382,16 @@ class EventStore(BaseEventStore):
             return []
         if result[0][0] is None:
             return str(result[0][2])
-        returned = sorted((r[0], r[1]) for r in result)
-        first = returned[0][1]
-        if [r[1] for r in returned] != list(range(first, first + len(batch.events))) or any(
-            e.aggregate_version and e.aggregate_version != first + i
-            for i, e in enumerate(batch.events)
-        ):
-            raise AssertionError("stored versions do not match the batch")  # pragma: no cover
-        registry, tenant_id = self.registry, batch.tenant_id or None
-        return [
-            StoredEvent._appended(
-                event,
-                position=position,
-                version=version,
-                tenant_id=tenant_id,
-                payload=payload,
-                recorded_at=recorded_at,
-                registry=registry,
-            )
-            for event, payload, (position, version) in zip(
-                batch.events, payloads, returned, strict=True
-            )
-        ]
+        # In position order (positions are unique: the rest of a row is never compared).
+        result.sort()
+        return _wrap_appended(
+            batch.events,
+            payloads,
+            result,
+            tenant_id=batch.tenant_id or None,
+            recorded_at=recorded_at,
+            registry=self.registry,
+        )
 
     # Reading ------------------------------------------------------------------------------
 

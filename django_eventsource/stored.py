@@ -60,6 +60,58 @@ class _Stamps:
             event.__pydantic_private__["_position"] = position  # type: ignore[index]
 
 
+def _wrap_appended(
+    events: Sequence[DomainEvent],
+    payloads: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    tenant_id: str | None,
+    recorded_at: datetime,
+    registry: EventRegistry,
+) -> list[StoredEvent]:
+    """The stored events of a successful append, wrapping the caller's own events (not
+    copies), which are stamped with their positions and versions (see `_stamp`).
+
+    ``rows`` are the statement's ``(position, version, ...)``, one per event in position
+    order. Checked and built in one pass with the slots filled directly: a keyword
+    constructor per event cost the bench's appends 1.4 us of client CPU per event more.
+    """
+    if len(rows) != len(events):
+        raise AssertionError("stored versions do not match the batch")  # pragma: no cover
+    first = rows[0][1]
+    new = _new
+    stored: list[StoredEvent] = []
+    append = stored.append
+    for offset, (event, payload, row) in enumerate(zip(events, payloads, rows, strict=True)):
+        position, version = row[0], row[1]
+        values = event.__dict__
+        given = values["aggregate_version"]
+        if version != first + offset or (given and given != version):
+            raise AssertionError("stored versions do not match the batch")  # pragma: no cover
+        record = new(StoredEvent)
+        record.position = position
+        record.event_id = values["event_id"]
+        record.event_type = values["event_type"]
+        record.schema_version = values["schema_version"]
+        record.tenant_id = tenant_id
+        record.aggregate_id = values["aggregate_id"]
+        record.aggregate_type = values["aggregate_type"]
+        record.aggregate_version = version
+        record._payload = payload
+        record._metadata = values["metadata"]
+        record.correlation_id = values["correlation_id"]
+        record.causation_id = values["causation_id"]
+        record.occurred_at = values["occurred_at"]
+        record.recorded_at = recorded_at
+        record._registry = registry
+        # _stamp, inline.
+        values["aggregate_version"] = version
+        event.__pydantic_private__["_position"] = position  # type: ignore[index]
+        record._event = event
+        append(record)
+    return stored
+
+
 class StoredEvent:
     """An event as stored: its global ``position`` plus the typed ``event``.
 
@@ -144,41 +196,6 @@ class StoredEvent:
         self.recorded_at = recorded_at
         self._event = event
         self._registry = registry or event_registry
-
-    @classmethod
-    def _appended(
-        cls,
-        event: DomainEvent,
-        *,
-        position: int,
-        version: int,
-        tenant_id: str | None,
-        payload: str,
-        recorded_at: datetime,
-        registry: EventRegistry,
-    ) -> StoredEvent:
-        """Wrap an event that was just appended, without copying it.
-
-        The caller's event is stamped with ``position`` and ``version`` (see `_stamp`).
-        """
-        self = cls.__new__(cls)
-        self.position = position
-        self.event_id = event.event_id
-        self.event_type = event.event_type
-        self.schema_version = event.schema_version
-        self.tenant_id = tenant_id
-        self.aggregate_id = event.aggregate_id
-        self.aggregate_type = event.aggregate_type
-        self.aggregate_version = version
-        self._payload = payload
-        self._metadata = event.metadata
-        self.correlation_id = event.correlation_id
-        self.causation_id = event.causation_id
-        self.occurred_at = event.occurred_at
-        self.recorded_at = recorded_at
-        self._registry = registry
-        self._event = _stamp(event, position=position, version=version)
-        return self
 
     @classmethod
     def from_event(
