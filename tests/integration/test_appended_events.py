@@ -43,6 +43,54 @@ def test_appended_events_carry_their_position_and_version(any_store: BaseEventSt
     assert [s.event for s in any_store.read_all() if s.aggregate_id == task] == events
 
 
+#: Every field of a StoredEvent (its ``==`` compares position and event id alone).
+FIELDS = (
+    "position",
+    "event_id",
+    "event_type",
+    "schema_version",
+    "tenant_id",
+    "aggregate_id",
+    "aggregate_type",
+    "aggregate_version",
+    "payload",
+    "metadata",
+    "correlation_id",
+    "causation_id",
+    "occurred_at",
+    "recorded_at",
+)
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["versions assigned", "versions given"])
+def test_the_stored_events_an_append_returns_are_the_ones_read_back(
+    any_store: BaseEventStore, explicit: bool
+) -> None:
+    # The returned StoredEvents are built from the caller's events and the statement's rows,
+    # not read back: every field must still be what a reader gets.
+    task = uuid4()
+    any_store.append(task, [TaskCreated(aggregate_id=task, title="A", tenant_id="acme")])
+    common = {"tenant_id": "acme", "correlation_id": uuid4(), "causation_id": uuid4()}
+    events = [
+        TaskRenamed(
+            aggregate_id=task,
+            title=f"T{i}",
+            metadata={"user": "ann", "i": i},
+            aggregate_version=2 + i if explicit else 0,
+            **common,
+        )
+        for i in range(3)
+    ]
+
+    stored = any_store.append(task, events, expected_version=1)
+    read = any_store.read_stream(task, tenant_id="acme", from_version=1).events
+
+    assert [s.aggregate_version for s in stored] == [2, 3, 4]
+    for field in FIELDS:
+        assert [getattr(s, field) for s in stored] == [getattr(r, field) for r in read], field
+    assert [s.event for s in stored] == [r.event for r in read] == events
+
+
 def test_an_event_appended_to_an_existing_stream_gets_the_next_version(
     any_store: BaseEventStore,
 ) -> None:
