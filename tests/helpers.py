@@ -78,15 +78,30 @@ def start_command(db_url: str, *args: str, **extra: str) -> subprocess.Popen[str
 
 
 def start_follower(db_url: str, *, handler_sleep: str, **extra: str) -> subprocess.Popen[str]:
-    """A ``replay_projections task_board --follow`` worker with short heartbeat and poll."""
+    """A ``replay_projections task_board --follow`` worker with short heartbeat and poll
+    (its stdout unbuffered: see `wait_until_following`)."""
     return start_command(
         db_url,
         *("replay_projections", "task_board", "--follow", "--batch-size", "5"),
         TESTAPP_HANDLER_SLEEP=handler_sleep,
         EVENTSOURCE_HEARTBEAT_INTERVAL="0.3",
         EVENTSOURCE_POLL_INTERVAL="0.1",
+        PYTHONUNBUFFERED="1",
         **extra,
     )
+
+
+def wait_until_following(process: subprocess.Popen[str]) -> None:
+    """Wait until a ``replay_projections --follow`` worker (started with an unbuffered
+    stdout, as `start_follower` does) printed its heading: from then on SIGTERM stops it
+    cleanly (exit 0). Before, while Python and Django start (seconds, on a loaded
+    machine), SIGTERM kills it (exit -15)."""
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "Following projections" not in line:
+        process.kill()
+        _out, err = process.communicate()
+        raise AssertionError(f"the follower did not start: {line!r} {err}")
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 60.0) -> bool:

@@ -1,5 +1,10 @@
 """One active runner per projection: three real ``replay_projections --follow`` workers;
-the active one is SIGKILLed mid-batch and a standby takes over and finishes the work."""
+the active one is SIGKILLed mid-batch and a standby takes over and finishes the work.
+
+The work is held back (the projection paused) until all three follow: on a loaded machine
+one worker starts seconds after another, so the first could finish the work alone, and a
+worker still starting when the test ends is killed by its SIGTERM (exit -15) instead of
+stopping cleanly."""
 
 from __future__ import annotations
 
@@ -7,10 +12,10 @@ import signal
 
 import pytest
 
-from django_eventsource import EventStore, ProjectionState
+from django_eventsource import EventStore, ProjectionState, control
 from tests.factories import task_history
 from tests.fold import fold_task_board, task_board_rows
-from tests.helpers import start_follower, wait_for
+from tests.helpers import start_follower, wait_for, wait_until_following
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -23,8 +28,12 @@ def test_standby_takes_over_after_the_active_runner_is_killed(child_db_url: str)
     store = EventStore()
     task_history(store, tasks=40, renames=4, seed=9)
     head = store.head_position()
+    control.pause("task_board")
     workers = [start_follower(child_db_url, handler_sleep="0.01") for _ in range(3)]
     try:
+        for worker in workers:
+            wait_until_following(worker)  # one holds the lease, two are standbys
+        control.resume("task_board")
         assert wait_for(lambda: (s := state()) is not None and (s.position or 0) > 0 and s.owner)
         owner = state().owner  # host:pid#token of the active runner
         active_pid = int(owner.split(":")[1].split("#")[0])

@@ -42,7 +42,15 @@ from django_eventsource.models import DeadLetter, Event
 from django_eventsource.rebuild import rebuild
 from django_eventsource.transactions import write_transaction
 from tests.fold import fold_task_board, fold_tenant_stats, task_board_rows, tenant_stats_rows
-from tests.helpers import ROOT, all_events, child_env, settled, start_command, start_worker
+from tests.helpers import (
+    ROOT,
+    all_events,
+    child_env,
+    settled,
+    start_command,
+    start_worker,
+    wait_until_following,
+)
 from tests.testapp import projections
 from tests.testapp.events import TaskCreated, TaskRenamed
 from tests.testapp.projections import TaskBoard
@@ -83,10 +91,13 @@ def test_writers_runners_and_an_operator_on_default_settings(
         *("replay_projections", "tenant_stats", "--follow", "--batch-size", "3"),
         EVENTSOURCE_HEARTBEAT_INTERVAL="0.3",
         EVENTSOURCE_POLL_INTERVAL="0.02",
+        PYTHONUNBUFFERED="1",
         **DEFAULTS,
     )
     started = [follower]
     try:
+        # Its SIGTERM below must stop it, not kill it while it starts (a loaded machine).
+        wait_until_following(follower)
         workers = [
             start_worker(
                 child_db_url, "tests.concurrency.sqlite_defaults_worker", role, stop, **DEFAULTS
