@@ -12,6 +12,8 @@ import difflib
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from django.db import OperationalError
+
 from django_eventsource.constants import ExpectedVersion
 
 if TYPE_CHECKING:
@@ -22,6 +24,7 @@ __all__ = [
     "AppendOnlyError",
     "AppendTimeout",
     "ConcurrencyError",
+    "DatabaseBusy",
     "DuplicateEventId",
     "EventAlreadyPassed",
     "EventGapError",
@@ -274,6 +277,40 @@ class InvalidEventPayload(EventSourceError, ValueError):
             position=position,
             schema_version=schema_version,
             errors=[dict(e) for e in error.errors(include_url=False)],
+        )
+
+
+class DatabaseBusy(EventSourceError, OperationalError):
+    """Another connection held the database's write lock for longer than this one waits for
+    it (SQLite's ``OPTIONS["timeout"]``, PostgreSQL's ``lock_timeout``). The statement was
+    rolled back: nothing of it was written.
+
+    It is transient: retry later, raise the timeout, and keep the transactions that write
+    short (SQLite has one write lock for the whole database). It is also Django's
+    ``OperationalError`` (what was raised before), so code that catches that still does.
+    ``using`` names the database alias, ``setting`` the timeout to raise and ``timeout`` its
+    value in seconds (None where unknown), ``doing`` what was refused.
+    """
+
+    def __init__(
+        self,
+        using: str,
+        *,
+        doing: str,
+        setting: str,
+        timeout: float | None = None,
+        hint: str = "",
+    ) -> None:
+        self.using = using
+        self.doing = doing
+        self.setting = setting
+        self.timeout = timeout
+        waited = f" ({setting} = {timeout:g} s)" if timeout is not None else f" ({setting})"
+        super().__init__(
+            f"Database {using!r} is busy: another connection held its write lock for longer "
+            f"than this one waits for it{waited}, so {doing} was rolled back and nothing of "
+            f"it was written. Retry it; if it keeps happening, raise {setting} and keep the "
+            "transactions that write short." + (f" {hint}" if hint else "")
         )
 
 

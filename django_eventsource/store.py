@@ -54,6 +54,7 @@ from django_eventsource.events import DomainEvent, EventRegistry
 from django_eventsource.exceptions import (
     AppendTimeout,
     ConcurrencyError,
+    DatabaseBusy,
     PositionNotFound,
     StaleSnapshot,
 )
@@ -62,7 +63,7 @@ from django_eventsource.memorystore import InMemoryEventStore
 from django_eventsource.pending import count_pending, count_pending_many
 from django_eventsource.stored import ReadResult, StoredEvent, _Stamps, _wrap_appended
 from django_eventsource.text import plural
-from django_eventsource.transactions import write_transaction
+from django_eventsource.transactions import busy_error, write_transaction
 from django_eventsource.validation import (
     Prepared,
     check_position,
@@ -186,9 +187,21 @@ class EventStore(BaseEventStore):
         stamps = _Stamps(batch.events)
         try:
             return self._append_batch(batch)
-        except BaseException:
+        except BaseException as exc:
             stamps.restore()
-            raise
+            busy = busy_error(exc, self.using, f"the append to stream {batch.aggregate_id}")
+            if busy is None:
+                raise
+            connection = connections[self.using]
+            if (
+                connection.vendor != "sqlite"
+                and connection.in_atomic_block
+                and self._guard(connection)
+            ):
+                # The statement ran in the caller's transaction without a savepoint, and
+                # PostgreSQL aborted that transaction: it can only roll back.
+                transaction.set_rollback(True, using=self.using)
+            raise busy from (exc.__cause__ if isinstance(exc, DatabaseBusy) else exc)
 
     def _append_batch(self, batch: Prepared) -> list[StoredEvent]:
         deadline = None

@@ -30,14 +30,23 @@ if _default["ENGINE"].endswith("sqlite3"):
     _default["TEST"] = {"NAME": f"{_default['NAME']}.test"}
     if not env.bool("EVENTSOURCE_TEST_SQLITE_DEFAULTS", default=False):
         _default.setdefault("OPTIONS", {}).update({"timeout": 30, "transaction_mode": "IMMEDIATE"})
+    if _timeout := env.str("EVENTSOURCE_TEST_SQLITE_TIMEOUT", default=""):
+        # A busy timeout this short (seconds): another process's write lock outlasts it.
+        _default.setdefault("OPTIONS", {})["timeout"] = float(_timeout)
     # else: Django's own defaults (deferred BEGIN, the 5 s timeout of Python's sqlite3), as
     # a project that sets no OPTIONS has them (tests/concurrency/test_sqlite_defaults.py).
-elif _sleep := env.str("EVENTSOURCE_TEST_HORIZON_SLEEP", default=""):
-    # Fault injection: every session's horizon function sleeps this long (seconds) between
-    # the reading statement's snapshot and its pg_locks read; the suite must still pass.
-    _default.setdefault("OPTIONS", {})["options"] = (
-        f"-c django_eventsource.horizon_test_sleep={float(_sleep)}"
-    )
+else:
+    _pg_options = []
+    if _sleep := env.str("EVENTSOURCE_TEST_HORIZON_SLEEP", default=""):
+        # Fault injection: every session's horizon function sleeps this long (seconds)
+        # between the reading statement's snapshot and its pg_locks read; the suite must
+        # still pass.
+        _pg_options.append(f"-c django_eventsource.horizon_test_sleep={float(_sleep)}")
+    if _lock_timeout := env.str("EVENTSOURCE_TEST_PG_LOCK_TIMEOUT", default=""):
+        # A lock_timeout this short (seconds): another session's lock outlasts it.
+        _pg_options.append(f"-c lock_timeout={float(_lock_timeout) * 1000:g}")
+    if _pg_options:
+        _default.setdefault("OPTIONS", {})["options"] = " ".join(_pg_options)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -20,7 +20,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 
 from django_eventsource.checkpoints import CheckpointStore, DatabaseCheckpointStore
 from django_eventsource.conf import ERROR_POLICIES, check_batch_size, check_seconds
-from django_eventsource.exceptions import EventSourceError, ProjectionLocked
+from django_eventsource.exceptions import DatabaseBusy, EventSourceError, ProjectionLocked
 from django_eventsource.locks import ProjectionLock, lock_for
 from django_eventsource.runner.batch import CatchUpResult, RunResult, between_batches
 from django_eventsource.runner.held import HeldWatch, settle
@@ -28,12 +28,13 @@ from django_eventsource.runner.policy import apply_with_policy
 from django_eventsource.runner.progress import (
     ProgressCallback,
     Reporter,
+    log_not_busy,
     log_reconnected,
     log_start,
     log_stop,
 )
 from django_eventsource.store import BaseEventStore, EventStore
-from django_eventsource.transactions import write_transaction
+from django_eventsource.transactions import busy_error, is_busy, write_transaction
 from django_eventsource.validation import check_run_tenant
 
 if TYPE_CHECKING:
@@ -288,6 +289,12 @@ class ProjectionRunner:
                 continue
             try:
                 self.run_projection(projection, result)
+            except OperationalError as exc:
+                # A busy database fails a catch-up with a typed error (a follower retries).
+                busy = busy_error(exc, projection.database, f"the run of {projection.label!r}")
+                if busy is None or isinstance(exc, DatabaseBusy):
+                    raise
+                raise busy from exc
             except (LockLost, ProjectionLocked):
                 # Taken over mid-run: the batch in hand was rolled back by the fence.
                 result.lost.append(projection.label)
@@ -307,7 +314,9 @@ class ProjectionRunner:
         Wakes on PostgreSQL NOTIFY as a hint, polls every ``poll_interval`` otherwise, waits
         as a hot standby for projections another runner holds, and survives a database
         restart (it reconnects and carries on from the checkpoints). A clean stop leaves
-        its projections `idle`.
+        its projections `idle`. A busy database (another connection holds the write lock
+        for longer than the timeout, ``DatabaseBusy``) is waited out with backoff, the
+        projections kept.
         """
         with self.handling_signals():
             return self._follow()
@@ -319,6 +328,8 @@ class ProjectionRunner:
         waker = Waker(self.event_store, self.poll_interval)
         started = log_start(self._labels(), self.tenant_id, follow=True)
         down_since: float | None = None
+        busy_since: float | None = None
+        busy_attempts = 0
         try:
             while not self._halted():
                 try:
@@ -335,6 +346,9 @@ class ProjectionRunner:
                     if down_since is not None:
                         log_reconnected(down_since)
                         down_since = None
+                    if busy_since is not None:
+                        log_not_busy(busy_since, busy_attempts)
+                        busy_since, busy_attempts = None, 0
                     if not progressed and not self._halted():
                         self._held.check(p for p in self.projections if self.owner_of(p))
                         waker.wait(self._stop)
@@ -351,6 +365,14 @@ class ProjectionRunner:
                         if projection.label == label:
                             self.release(projection)
                 except (OperationalError, InterfaceError) as exc:
+                    if is_busy(exc):
+                        # Nothing was written, and the connection is fine: wait, keeping
+                        # the locks (letting go of a lease needs the write lock too).
+                        if busy_since is None:
+                            busy_since = time.monotonic()
+                        busy_attempts += 1
+                        self._back_off_busy(exc, busy_attempts)
+                        continue
                     if down_since is None:
                         down_since = time.monotonic()
                     self.report("disconnected", error=str(exc), error_type=type(exc).__name__)
@@ -366,6 +388,29 @@ class ProjectionRunner:
             self._log_stop(result, started)
         result.stopped = True
         return result
+
+    def _back_off_busy(self, exc: BaseException, attempt: int) -> None:
+        """Wait after the ``attempt``-th busy error in a row: ``RETRY_BACKOFF`` doubling up
+        to ``HEARTBEAT_INTERVAL``. It is reported (a warning) on attempts 1, 2, 4, 8...: a
+        long busy spell is not a flood of warnings."""
+        cap = max(self.heartbeat_interval, self.poll_interval)
+        delay = min(self.retry_backoff * 2 ** min(attempt - 1, 30), cap)
+        if attempt & (attempt - 1) == 0:
+            cause = exc.__cause__ if isinstance(exc, DatabaseBusy) else exc
+            self.report(
+                "busy",
+                error=str(cause or exc),
+                error_type=type(exc).__name__,
+                attempt=attempt,
+                delay=delay,
+                limit=(
+                    f"{exc.setting} = {exc.timeout:g} s"
+                    if isinstance(exc, DatabaseBusy) and exc.timeout is not None
+                    else getattr(exc, "setting", None)
+                ),
+                using=getattr(exc, "using", None),
+            )
+        self.wait(delay)
 
     def _labels(self) -> list[str]:
         return [p.label for p in self.projections]

@@ -27,7 +27,7 @@ __all__ = ["ProgressCallback", "Reporter", "logger"]
 
 #: ``progress_callback(kind, **data)``: what a runner reports (``start``, ``batch``,
 #: ``done``, ``retry``, ``failed``, ``dead_lettered``, ``locked``, ``standby``,
-#: ``took_over``, ``lock_lost``, ``skipped``, ``signal``, ``disconnected``, ``reset``,
+#: ``took_over``, ``lock_lost``, ``skipped``, ``signal``, ``disconnected``, ``busy``, ``reset``,
 #: ``swapped``).
 ProgressCallback = Callable[..., None]
 
@@ -221,6 +221,24 @@ class Reporter:
             extra={"error": data.get("error"), "error_type": data.get("error_type")},
         )
 
+    def _on_busy(self, data: dict[str, Any]) -> None:
+        logger.warning(
+            "The database is busy: another connection has held its write lock for longer "
+            "than %s (%s); retrying in %.2fs (attempt %d), without letting go of the "
+            "projections",
+            data.get("limit") or "its lock timeout",
+            printable(data.get("error", "")),
+            data.get("delay", 0.0),
+            data.get("attempt", 1),
+            extra={
+                "error": data.get("error"),
+                "error_type": data.get("error_type"),
+                "attempt": data.get("attempt"),
+                "delay": data.get("delay"),
+                "database": data.get("using"),
+            },
+        )
+
     def _on_reset(self, data: dict[str, Any]) -> None:
         logger.info(
             "Reset the rows and checkpoint of %s for a rebuild",
@@ -261,6 +279,17 @@ def log_stop(
             "duration": duration,
             "failed": list(failed),
         },
+    )
+
+
+def log_not_busy(busy_since: float, attempts: int) -> None:
+    """A follower wrote again after the database was busy."""
+    busy = time.monotonic() - busy_since
+    logger.info(
+        "The database took writes again after %.1fs busy (%s)",
+        busy,
+        plural(attempts, "attempt"),
+        extra={"busy_seconds": busy, "attempts": attempts},
     )
 
 

@@ -12,7 +12,7 @@ from django.db import connections
 
 from django_eventsource import control
 from django_eventsource.conf import MAX_BATCH_SIZE
-from django_eventsource.exceptions import UnknownTenant
+from django_eventsource.exceptions import DatabaseBusy, UnknownTenant
 from django_eventsource.projections import Projection, projection_registry
 from django_eventsource.store import BaseEventStore
 from django_eventsource.text import printable
@@ -29,6 +29,14 @@ class ProjectionCommand(BaseCommand):
         "Only this tenant's events, rows and checkpoint. A tenant no event carries and the "
         "projection has no state for (a typo) is refused."
     )
+
+    def execute(self, *args: Any, **options: Any) -> str | None:
+        """Run the command; a busy database (`DatabaseBusy`, transient) ends it with its
+        message and exit status 1, not a traceback. A ``--follow`` worker waits it out."""
+        try:
+            return super().execute(*args, **options)
+        except DatabaseBusy as exc:
+            raise CommandError(printable(exc), returncode=1) from exc
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -248,6 +256,13 @@ class ProgressPrinter:
         elif kind == "signal" and self.verbosity >= 1:
             out.write(
                 style.WARNING(f"Received {data.get('signal')}: finishing the batch in hand...")
+            )
+        elif kind == "busy" and self.verbosity >= 1:
+            self.command.stderr.write(
+                style.WARNING(
+                    f"Database busy ({printable(data.get('error'))}): another connection holds "
+                    f"its write lock; retrying in {data.get('delay', 0):.2f}s..."
+                )
             )
         elif kind == "disconnected" and self.verbosity >= 1:
             self.command.stderr.write(
