@@ -289,7 +289,8 @@ class DatabaseBusy(EventSourceError, OperationalError):
     short (SQLite has one write lock for the whole database). It is also Django's
     ``OperationalError`` (what was raised before), so code that catches that still does.
     ``using`` names the database alias, ``setting`` the timeout to raise and ``timeout`` its
-    value in seconds (None where unknown), ``doing`` what was refused.
+    value in seconds (None where unknown), ``doing`` what was refused, ``error`` the
+    database's own words (``database is locked``).
     """
 
     def __init__(
@@ -299,15 +300,18 @@ class DatabaseBusy(EventSourceError, OperationalError):
         doing: str,
         setting: str,
         timeout: float | None = None,
+        error: str = "",
         hint: str = "",
     ) -> None:
         self.using = using
         self.doing = doing
         self.setting = setting
         self.timeout = timeout
+        self.error = error
         waited = f" ({setting} = {timeout:g} s)" if timeout is not None else f" ({setting})"
+        said = f" ({error})" if error else ""
         super().__init__(
-            f"Database {using!r} is busy: another connection held its write lock for longer "
+            f"Database {using!r} is busy{said}: another connection held its write lock for longer "
             f"than this one waits for it{waited}, so {doing} was rolled back and nothing of "
             f"it was written. Retry it; if it keeps happening, raise {setting} and keep the "
             "transactions that write short." + (f" {hint}" if hint else "")

@@ -72,9 +72,11 @@ def busy_error(exc: BaseException, using: str, doing: str) -> DatabaseBusy | Non
     is one already)."""
     if not is_busy(exc):
         return None
+    original = exc.__cause__ if isinstance(exc, DatabaseBusy) else exc
+    error = str(original).strip().splitlines()[0] if str(original).strip() else ""
     connection = connections[using]
     if connection.vendor != "sqlite":
-        return DatabaseBusy(using, doing=doing, setting="lock_timeout")
+        return DatabaseBusy(using, doing=doing, setting="lock_timeout", error=error)
     options = connection.settings_dict.get("OPTIONS") or {}
     hint = ""
     mode = getattr(connection, "transaction_mode", None) or options.get("transaction_mode")
@@ -89,9 +91,25 @@ def busy_error(exc: BaseException, using: str, doing: str) -> DatabaseBusy | Non
         using,
         doing=doing,
         setting=f'DATABASES[{using!r}]["OPTIONS"]["timeout"]',
-        timeout=float(options.get("timeout", _SQLITE_DEFAULT_TIMEOUT)),
+        timeout=_sqlite_timeout(connection, options),
+        error=error,
         hint=hint,
     )
+
+
+def _sqlite_timeout(connection: BaseDatabaseWrapper, options: dict[str, Any]) -> float:
+    """The seconds the connection waits for the lock: its ``busy_timeout`` (an
+    ``init_command`` or a ``PRAGMA`` may have changed what ``OPTIONS`` set), else the
+    ``OPTIONS``' ``timeout``."""
+    raw = connection.connection
+    if raw is not None:
+        try:
+            row = raw.execute("PRAGMA busy_timeout").fetchone()
+        except Exception:  # noqa: BLE001 (the error being reported matters, not this)
+            row = None
+        if row is not None:
+            return float(row[0]) / 1000
+    return float(options.get("timeout", _SQLITE_DEFAULT_TIMEOUT))
 
 
 def write_transaction(using: str) -> AbstractContextManager[Any]:

@@ -112,7 +112,8 @@ def test_an_append_that_cannot_get_the_lock_raises_database_busy(
         assert busy.setting == """DATABASES['default']["OPTIONS"]["timeout"]"""
         assert busy.timeout == TIMEOUT
         assert 'DATABASES[\'default\']["OPTIONS"]["timeout"] = 0.05 s' in str(busy)
-        assert "database is locked" in str(busy.__cause__)
+        assert "database is locked" in str(busy.__cause__) and busy.error == "database is locked"
+        assert str(busy).startswith("Database 'default' is busy (database is locked): ")
     else:
         assert busy.setting == "lock_timeout" and busy.timeout is None
     assert "nothing of it was written" in str(busy) and "keep the transactions" in str(busy)

@@ -11,7 +11,7 @@ from uuid import uuid4
 import pytest
 from django.db import OperationalError, connection
 
-from django_eventsource import ConcurrencyError, EventStore
+from django_eventsource import ConcurrencyError, DatabaseBusy, EventStore
 from tests.helpers import ROOT, child_env
 from tests.testapp.events import Counted
 
@@ -67,8 +67,10 @@ def test_an_open_writer_and_a_second_writer(child_db_url: str, vendor: str) -> N
             # SQLite: the open transaction holds the database lock; writers queue behind it.
             with connection.cursor() as cursor:
                 cursor.execute("PRAGMA busy_timeout = 100")
-            with pytest.raises(OperationalError, match="locked"):
+            with pytest.raises(DatabaseBusy, match="database is locked") as info:
                 store.append(mine, [Counted(aggregate_id=mine)])
+            assert isinstance(info.value, OperationalError)
+            assert info.value.timeout == 0.1  # the connection's, not OPTIONS'
     finally:
         tell(worker, "commit")
         wait(worker)
