@@ -51,6 +51,7 @@ from django_eventsource.exceptions import (
     StaleSnapshot,
     UnknownEventType,
     UnknownTenant,
+    ValueTooLong,
     WrongExpectedVersion,
 )
 from django_eventsource.projections import (
@@ -123,6 +124,7 @@ __all__ = [
     "StoredEvent",
     "UnknownEventType",
     "UnknownTenant",
+    "ValueTooLong",
     "WrongExpectedVersion",
     "__version__",
     "applies",

@@ -44,6 +44,7 @@ __all__ = [
     "StaleSnapshot",
     "UnknownEventType",
     "UnknownTenant",
+    "ValueTooLong",
     "WrongExpectedVersion",
 ]
 
@@ -366,9 +367,29 @@ class ProjectionError(EventSourceError):
         self.tenant_id = tenant_id
         self.cause = cause
         where = f" at position {position}" if position is not None else ""
+        which = f"{event_type} {event_id}" if event_id is not None else event_type
         super().__init__(
-            f"Projection {projection!r} failed on event {event_type} {event_id}{where}: "
+            f"Projection {projection!r} failed on event {which}{where}: "
             f"{type(cause).__name__}: {cause}"
+        )
+
+
+class ValueTooLong(EventSourceError, ValueError):
+    """A projection set a read-model field to a string longer than the field's
+    ``max_length``. PostgreSQL refuses such a value and SQLite would silently store it, so
+    the library refuses it before writing, on both: what one database cannot store, the
+    other must not either. Raised inside the
+    [`ProjectionError`][django_eventsource.ProjectionError] of the event that set it."""
+
+    def __init__(self, model: str, field: str, max_length: int, length: int) -> None:
+        self.model = model
+        self.field = field
+        self.max_length = max_length
+        self.length = length
+        super().__init__(
+            f"{model}.{field} would hold {length} characters, but its max_length is "
+            f"{max_length}. Nothing was written. Shorten the value in the handler, or "
+            "widen the field (a migration)."
         )
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, IntegrityError
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError
 
 from django_eventsource.conf import database_alias
 from django_eventsource.events import DomainEvent, mark_event_types, marked_methods
@@ -39,6 +39,7 @@ from django_eventsource.exceptions import (
     ProjectionError,
     RebuildRefused,
     StaleSnapshot,
+    ValueTooLong,
 )
 from django_eventsource.rows import RowSet
 from django_eventsource.store import BaseEventStore, EventStore
@@ -150,7 +151,12 @@ class Projection:
         with self._atomic():
             rows = RowSet(self, tenant_id=event.tenant_id)
             self.apply(event, rows)
-            rows.flush()
+            try:
+                rows.flush()
+            except (DatabaseError, ValueTooLong) as exc:
+                if not _refused(exc):
+                    raise
+                raise _write_refused(self, rows, [event], exc) from exc
         return True
 
     async def ahandle(self, event: DomainEvent | StoredEvent) -> bool:
@@ -489,7 +495,7 @@ def run_inline(store: BaseEventStore, events: Sequence[StoredEvent]) -> None:
                 projection.apply_all(events, rows)
                 flushing = True
                 rows.flush()
-            except (DatabaseError, ProjectionError) as exc:
+            except (DatabaseError, ProjectionError, ValueTooLong) as exc:
                 if isinstance(exc, ProjectionError) and isinstance(
                     exc.cause, IsolationNotSupported
                 ):
@@ -502,7 +508,52 @@ def run_inline(store: BaseEventStore, events: Sequence[StoredEvent]) -> None:
                         reason="a concurrent transaction's write to a row this append writes",
                         projection=projection.label,
                     ) from exc
-                raise
+                if isinstance(exc, ProjectionError) or not _refused(exc):
+                    raise
+                # The database (or the length check) refused a row: applying the event
+                # failed, as if the handler had raised.
+                raise _write_refused(projection, rows, events, exc) from exc
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether writing rows failed because the database refused them (a value it cannot
+    store, a constraint), which is the events' failure to apply, rather than because of
+    the connection or the transaction: a deadlock, a serialization failure, a lock or
+    statement timeout, a lost connection are ``OperationalError`` or ``InterfaceError``
+    and keep their meaning (the caller retries the transaction or reconnects)."""
+    if isinstance(exc, ValueTooLong):
+        return True
+    return isinstance(exc, DatabaseError) and not isinstance(
+        exc, (OperationalError, InterfaceError)
+    )
+
+
+def _write_refused(
+    projection: Projection,
+    rows: RowSet,
+    events: Sequence[DomainEvent | StoredEvent],
+    exc: BaseException,
+) -> ProjectionError:
+    """The ProjectionError of a refused write of rows: it names the event whose rows the
+    refused statement held when one did (else the only event), as a handler's error does."""
+    if len(rows.refused) == 1:
+        domain, position = rows.refused[0]
+        event_id, event_type, tenant_id = domain.event_id, domain.event_type, domain.tenant_id
+    elif len(events) == 1:
+        event = events[0]
+        event_id, event_type, tenant_id = event.event_id, event.event_type, event.tenant_id
+        position = _position(event)
+    else:
+        event_id, event_type, tenant_id = None, f"(one of {len(events)} events)", rows.tenant_id
+        position = None
+    return ProjectionError(
+        projection.label,
+        event_id=event_id,
+        event_type=event_type,
+        position=position,
+        tenant_id=tenant_id,
+        cause=exc,
+    )
 
 
 #: SQLSTATE serialization_failure: a row changed after a REPEATABLE READ or SERIALIZABLE

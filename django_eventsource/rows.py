@@ -33,6 +33,7 @@ from django_eventsource.exceptions import (
     EventSourceError,
     IsolationNotSupported,
     PositionNotFound,
+    ValueTooLong,
 )
 from django_eventsource.store import BaseEventStore, EventStore
 from django_eventsource.upsert import column_name, upsert_rows
@@ -124,6 +125,11 @@ class RowSet:
         self._pending: set[int] = set()
         #: ``strict``: the rows that already held the event (described), not written.
         self.already_held: list[str] = []
+        #: The event (and its position) that last changed each dirty row, by ``id(row)``.
+        self._changed_by: dict[int, tuple[DomainEvent, int | None]] = {}
+        #: After a failed `flush`: the events whose rows the refused write held, in order
+        #: (empty when it cannot tell), so that the error can name the event at fault.
+        self.refused: list[tuple[DomainEvent, int | None]] = []
 
     def handling(self, event: DomainEvent, position: int | None) -> None:
         """Note the event a handler is about to apply and its position in the store."""
@@ -245,6 +251,7 @@ class RowSet:
             row.last_event_version = event.aggregate_version
             row.last_event_position = position
         self._dirty[id(row)] = row
+        self._changed_by[id(row)] = (event, position)
         return cast("M", row)
 
     def _check_creatable(self, model: type[models.Model], lookup: dict[str, Any]) -> None:
@@ -292,6 +299,7 @@ class RowSet:
         """Delete ``row`` at the flush, in the batch's transaction (a change to it made
         earlier in the batch is dropped)."""
         self._dirty.pop(id(row), None)
+        self._changed_by.pop(id(row), None)
         if row.pk is not None:
             self._deleted[id(row)] = row
 
@@ -303,19 +311,45 @@ class RowSet:
         for row in self._dirty.values():
             by_model.setdefault(type(row), []).append(row)
         for model, rows in by_model.items():
+            self._check_lengths(model, rows)
             existing = [r for r in rows if r.pk is not None]
             new = [r for r in rows if r.pk is None]
-            if existing:
-                upsert_rows(model, existing, self.using, update=True)
-            if new:
-                upsert_rows(model, new, self.using, update=False)
+            try:
+                if existing:
+                    upsert_rows(model, existing, self.using, update=True)
+                if new:
+                    upsert_rows(model, new, self.using, update=False)
+            except Exception:
+                self._refuse(rows)
+                raise
         for model_rows in _group(self._deleted.values()).items():
             model, rows = model_rows
             model._default_manager.using(self.using).filter(pk__in=[r.pk for r in rows]).delete()
         written = len(self._dirty) + len(self._deleted)
         self._dirty.clear()
         self._deleted.clear()
+        self._changed_by.clear()
         return written
+
+    def _check_lengths(self, model: type[models.Model], rows: list[models.Model]) -> None:
+        """Refuse a string longer than its field's ``max_length`` before writing
+        ([`ValueTooLong`][django_eventsource.ValueTooLong]): PostgreSQL would refuse it
+        with a ``DataError``, SQLite would store it; both refuse it this way."""
+        for attname, max_length in _max_lengths(model):
+            for row in rows:
+                value = getattr(row, attname)
+                if isinstance(value, str) and len(value) > max_length:
+                    self._refuse([row])
+                    raise ValueTooLong(model.__name__, attname, max_length, len(value))
+
+    def _refuse(self, rows: list[models.Model]) -> None:
+        """Note the events that changed ``rows``, whose write is refused."""
+        events: dict[int, tuple[DomainEvent, int | None]] = {}
+        for row in rows:
+            changed = self._changed_by.get(id(row))
+            if changed is not None:
+                events.setdefault(id(changed[0]), changed)
+        self.refused = list(events.values())
 
 
 @functools.cache
@@ -370,6 +404,17 @@ def _unique_among(model: type[models.Model], names: frozenset[str]) -> bool:
     unique += [set(fields) for fields in meta.unique_together]
     unique += [set(c.fields) for c in meta.total_unique_constraints]
     return any(fields and fields <= given for fields in unique)
+
+
+@functools.cache
+def _max_lengths(model: type[models.Model]) -> list[tuple[str, int]]:
+    """``(attname, max_length)`` of every concrete ``CharField`` (and subclass) of
+    ``model`` with a ``max_length``."""
+    return [
+        (field.attname, field.max_length)
+        for field in model._meta.concrete_fields
+        if isinstance(field, models.CharField) and field.max_length
+    ]
 
 
 @functools.cache
