@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING
 
 from django_eventsource.conf import database_alias
 from django_eventsource.constants import NO_TENANT
-from django_eventsource.exceptions import EventSourceError, ProjectionError, UnknownTenant
+from django_eventsource.exceptions import (
+    EventSourceError,
+    InlineNotPausable,
+    ProjectionError,
+    UnknownTenant,
+)
 from django_eventsource.projections import projection_registry
 from django_eventsource.store import EventStore
 from django_eventsource.transactions import write_transaction
@@ -33,6 +38,7 @@ __all__ = [
     "find_state",
     "get_state",
     "known_tenants",
+    "pausable",
     "pause",
     "projection_database",
     "projection_known",
@@ -189,24 +195,53 @@ def get_state(name: str, tenant_id: str | None = None, *, lock: bool = False) ->
     return state
 
 
+def pausable(name: str, stored_status: str, suspended_rebuild: bool = False) -> bool:
+    """Whether projection ``name``, stored in ``stored_status``, can be paused as far as
+    its kind goes: an inline projection only while it is being rebuilt (the pause suspends
+    the rebuild), since appends apply it whatever its status; any other always."""
+    from django_eventsource.models import ProjectionStatus
+
+    if name not in projection_registry or not projection_registry.get(name).inline:
+        return True
+    return stored_status == ProjectionStatus.REBUILDING or suspended_rebuild
+
+
 def pause(name: str, tenant_id: str | None = None) -> ProjectionState:
     """Stop runners from applying events to this projection until
     [`resume`][django_eventsource.control.resume]; see `django_eventsource.state`.
 
     Raises [`IllegalTransition`][django_eventsource.IllegalTransition] when it is already
-    paused, and, before anything is written, ``KeyError`` for an unknown projection or
-    [`UnknownTenant`][django_eventsource.UnknownTenant] for a tenant it does not know
-    (`projection_known`)."""
+    paused; [`InlineNotPausable`][django_eventsource.InlineNotPausable] for an inline
+    projection that is not being rebuilt (appends apply it inside their transactions: it
+    cannot be paused, see `pausable`); and, before anything is written, ``KeyError`` for an
+    unknown projection or [`UnknownTenant`][django_eventsource.UnknownTenant] for a tenant
+    it does not know (`projection_known`)."""
     from django_eventsource import state  # it imports models
+    from django_eventsource.models import ProjectionState, ProjectionStatus
 
     _require_known(name, tenant_id)
-    state.pause(name, tenant_id, projection_database(name))
+    using = projection_database(name)
+    with write_transaction(using):
+        if name in projection_registry and projection_registry.get(name).inline:
+            # Locked: a rebuild that ends meanwhile cannot leave it paused outside one.
+            current = (
+                ProjectionState.objects.using(using)
+                .select_for_update()
+                .filter(name=name, tenant_id=tenant_id or NO_TENANT)
+                .first()
+            )
+            stored = current.status if current else ProjectionStatus.IDLE
+            suspended = current.suspended_rebuild if current else False
+            if not pausable(name, stored, suspended):
+                raise InlineNotPausable(name, tenant_id, str(stored))
+        state.pause(name, tenant_id, using)
     return get_state(name, tenant_id)
 
 
 def resume(name: str, tenant_id: str | None = None) -> ProjectionState:
     """Let runners continue a paused projection. A failed projection retries its failed
-    event first (its checkpoint is still just before it).
+    event first (its checkpoint is still just before it). It also clears the pause that
+    earlier versions let an operator store for an inline projection (which appends ignored).
 
     Raises [`IllegalTransition`][django_eventsource.IllegalTransition] when it is neither
     paused nor failed, and ``KeyError`` or [`UnknownTenant`][django_eventsource.UnknownTenant]

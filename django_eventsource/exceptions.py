@@ -31,6 +31,7 @@ __all__ = [
     "EventSourceError",
     "HorizonNotSettled",
     "IllegalTransition",
+    "InlineNotPausable",
     "InvalidAppend",
     "InvalidEventPayload",
     "IsolationNotSupported",
@@ -560,6 +561,30 @@ class IllegalTransition(EventSourceError):
             f"Cannot {transition.replace('_', ' ')} projection {projection!r}{tenant}: it is "
             f"{current}, and only a projection that is {' or '.join(allowed)} can be. "
             "Nothing was changed."
+        )
+
+
+class InlineNotPausable(IllegalTransition):
+    """An inline projection cannot be paused: every append applies it inside its own
+    transaction, and a pause would have to make appends skip it, its rows silently falling
+    behind. Only its rebuild can be paused (which suspends the rebuild: appends leave their
+    events to it). Nothing was changed."""
+
+    def __init__(self, projection: str, tenant_id: str | None, current: str) -> None:
+        self.projection = projection
+        self.tenant_id = tenant_id
+        self.transition = "pause"
+        self.current = current
+        self.allowed = ["rebuilding"]
+        tenant = f" (tenant {tenant_id!r})" if tenant_id else ""
+        EventSourceError.__init__(
+            self,
+            f"Cannot pause projection {projection!r}{tenant}: it is inline, applied inside "
+            "every append's own transaction, so pausing it would mean appends skip it and "
+            "its rows silently fall behind. Nothing was changed. To redo its rows, rebuild "
+            f"it (rebuild_projections {projection}; a rebuild in progress can be paused). To "
+            "be able to stop it, make it asynchronous (inline = False) and run it with "
+            "replay_projections.",
         )
 
 

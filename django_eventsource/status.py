@@ -158,7 +158,20 @@ def projection_statuses(
         status = reported_status(state, now=now)
         if key in unassigned:
             status = ProjectionStatus.UNASSIGNED
-        elif name in inline and (state.position is None or status == ProjectionStatus.IDLE):
+        elif (
+            name in inline
+            # A rebuild of it (in progress, or suspended by a pause or failure) is reported
+            # as such: appends leave their events to it.
+            and state.status != ProjectionStatus.REBUILDING
+            and not state.suspended_rebuild
+            and (
+                state.position is None
+                or status == ProjectionStatus.IDLE
+                # Paused outside a rebuild (earlier versions allowed it): appends apply it
+                # all the same, so it is reported as what it is; resuming clears the pause.
+                or status == ProjectionStatus.PAUSED
+            )
+        ):
             if key[1] or name in built:
                 # Kept current by the appends themselves: no lag. A checkpoint left by a
                 # rebuild or a catch-up of it stays where that run ended, since appends

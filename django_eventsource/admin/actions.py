@@ -141,7 +141,9 @@ PROJECTION_ACTIONS: dict[str, ProjectionAction] = {
             "pause",
             destructive=False,
             run=_pause,
-            # Not "inline": inline projections run inside each append and ignore a pause.
+            # Not "inline" nor "unbuilt": inline projections run inside each append and
+            # cannot be paused, but for their rebuild (control.pausable; the admin's rows
+            # offer it accordingly).
             # "stale": the runner died while running; pausing keeps a new one off it.
             # "interrupted": a rebuild no runner works on (stored rebuilding).
             statuses=frozenset(

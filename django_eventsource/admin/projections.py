@@ -362,6 +362,26 @@ class ProjectionStateAdmin(ReadOnlyModelAdmin[ProjectionState]):
         self.message_user(request, message, messages.SUCCESS)
         return True
 
+    def _row_actions(
+        self, request: HttpRequest, row: ProjectionStatusRow
+    ) -> list[ProjectionAction]:
+        """`allowed_actions` for a row: no Pause for an inline projection outside its rebuild
+        (`control.pausable`), and Resume for one stored paused by an earlier version (it is
+        reported inline: appends apply it), to clear that pause."""
+        specs = [
+            spec
+            for spec in self.allowed_actions(request, row.status)
+            if spec.name != "pause"
+            or control.pausable(row.projection, row.stored_status, row.suspended_rebuild)
+        ]
+        if row.stored_status == ProjectionStatus.PAUSED and row.status != ProjectionStatus.PAUSED:
+            specs += [
+                spec
+                for spec in self.allowed_actions(request, ProjectionStatus.PAUSED)
+                if spec.name == "resume" and spec not in specs
+            ]
+        return specs
+
     def allowed_actions(self, request: HttpRequest, status: str) -> list[ProjectionAction]:
         """The actions this user may run on a projection in ``status``."""
         return [
@@ -498,7 +518,7 @@ class ProjectionStateAdmin(ReadOnlyModelAdmin[ProjectionState]):
                     "spec": spec,
                     "url": self._url("action", row.projection, spec.name),
                 }
-                for spec in self.allowed_actions(request, row.status)
+                for spec in self._row_actions(request, row)
                 if linkable(row.projection)
             ],
         }

@@ -213,13 +213,15 @@ def test_the_command_and_the_admin_say_it_stays_paused(django_user_model: Any) -
 
 
 def test_an_inline_projection_rebuilt_while_paused_is_handed_over_and_stays_paused() -> None:
+    """The pause earlier versions let an operator store for an inline projection (one can
+    no longer: see test_inline_pause): a rebuild hands it over and leaves the pause."""
     store = EventStore()
     titles = {}
     for n in range(5):
         task = uuid4()
         store.append(task, [TaskCreated(aggregate_id=task, title=f"t{n}")])
         titles[task] = f"t{n}"
-    control.pause("task_index")
+    ProjectionState.objects.create(name="task_index", status="paused")
     TaskIndex.objects.update(title="tampered")
     rebuild(TaskIndexProjection(), batch_size=2)
     assert dict(TaskIndex.objects.values_list("task_id", "title")) == titles

@@ -481,10 +481,14 @@ def test_an_inline_projection_is_reported_inline_after_a_rebuild() -> None:
         ("acme", "inline", 0),
     }
     call_command("projection_status", "task_index", "--check", "--max-lag", "0", verbosity=0)
-    # A failed or paused one says so, with its real lag.
+    # A failed one (a catch-up of it failed) says so, with its lag since that run.
+    ProjectionState.objects.filter(name="task_index", tenant_id="").update(status=Status.FAILED)
+    [row] = [r for r in projection_statuses(["task_index"]) if not r.tenant_id]
+    assert (row.status, row.lag_events) == ("failed", 2)  # both appends since the rebuild
+    # A pause stored by an earlier version is no pause: appends applied both events.
     ProjectionState.objects.filter(name="task_index", tenant_id="").update(status=Status.PAUSED)
     [row] = [r for r in projection_statuses(["task_index"]) if not r.tenant_id]
-    assert (row.status, row.lag_events) == ("paused", 2)  # both appends since the rebuild
+    assert (row.status, row.lag_events, row.stored_status) == ("inline", 0, "paused")
 
 
 # One place changes a status -----------------------------------------------------------------------

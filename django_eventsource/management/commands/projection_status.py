@@ -254,6 +254,19 @@ class Command(ProjectionCommand):
                         f"applied) were never replayed. Run rebuild_projections {name}."
                     )
                 )
+            if (
+                row.status in (ProjectionStatus.INLINE, ProjectionStatus.UNBUILT)
+                and row.stored_status == ProjectionStatus.PAUSED
+            ):
+                name = printable(row.projection)
+                tenant = f", {printable(row.tenant_id)!r}" if row.tenant_id else ""
+                self.stdout.write(
+                    self.style.WARNING(
+                        f"{name}: stored as paused (earlier versions let an inline "
+                        "projection be paused), but appends apply it all the same; "
+                        f"control.resume({name!r}{tenant}) (or the admin's Resume) clears it."
+                    )
+                )
             if row.status == ProjectionStatus.INTERRUPTED:
                 name = printable(row.projection)
                 again = name + (f" --tenant {printable(row.tenant_id)}" if row.tenant_id else "")
