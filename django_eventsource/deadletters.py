@@ -43,7 +43,7 @@ from django_eventsource.constants import NO_TENANT
 from django_eventsource.exceptions import EventAlreadyPassed, EventSourceError, ProjectionError
 from django_eventsource.logs import event_fields, tenant_text
 from django_eventsource.models import DeadLetter, ProjectionState
-from django_eventsource.projections import projection_registry
+from django_eventsource.projections import projection_registry, refused_write
 from django_eventsource.rows import RowSet
 from django_eventsource.store import BaseEventStore, EventStore
 from django_eventsource.text import plural, printable
@@ -316,7 +316,14 @@ def retry(letter: DeadLetter, event_store: BaseEventStore | None = None) -> Retr
                 with write_transaction(using):
                     rows.prefetch([stored])
                     projection.apply(stored, rows)
-                    written = rows.flush()
+                    try:
+                        written = rows.flush()
+                    except Exception as exc:
+                        # A row the database refuses: the event failed to apply again.
+                        refused = refused_write(projection, rows, [stored], exc)
+                        if refused is None:
+                            raise
+                        raise refused from exc
             except ProjectionError as exc:
                 if isinstance(exc.cause, EventAlreadyPassed):
                     outcome.reason = f"Event #{item.event_position} was not applied: {exc.cause}"

@@ -528,6 +528,21 @@ def _refused(exc: BaseException) -> bool:
     )
 
 
+def refused_write(
+    projection: Projection,
+    rows: RowSet,
+    events: Sequence[DomainEvent | StoredEvent],
+    exc: BaseException,
+) -> ProjectionError | None:
+    """The ``ProjectionError`` for a write of ``rows`` that the database (or the length
+    check) refused, naming the event at fault; None when ``exc`` is no such refusal (a
+    deadlock, a lost connection keep their meaning). For code that flushes a `RowSet`
+    outside a projection's own apply, such as a dead letter's retry."""
+    if isinstance(exc, ProjectionError) or not _refused(exc):
+        return None
+    return _write_refused(projection, rows, events, exc)
+
+
 def _write_refused(
     projection: Projection,
     rows: RowSet,

@@ -23,6 +23,7 @@ from django_eventsource import (
     handles,
     projection_registry,
 )
+from django_eventsource.deadletters import retry
 from django_eventsource.models import DeadLetter, Event, ProjectionState
 from django_eventsource.runner import ProjectionRunner
 from tests.helpers import run_async, settled
@@ -175,4 +176,26 @@ def test_handle_refuses_it_as_a_projection_error() -> None:
         TaskBoard().handle(event)
     assert (info.value.event_id, info.value.position) == (event.event_id, event.position)
     assert isinstance(info.value.__cause__, ValueTooLong)
+    assert not TaskSummary.objects.exists()
+
+
+def test_a_dead_letter_retry_whose_row_is_refused_again_fails_again(settings: Any) -> None:
+    """A retry writes the rows itself: a refused row is the event failing again (the letter
+    stays, with the error), not a raw database error out of the retry."""
+    settings.EVENTSOURCE = {**settings.EVENTSOURCE, "ERROR_POLICY": "dead_letter"}
+    store = EventStore(inline_projections=False)
+    bad = uuid4()
+    [poison] = store.append(bad, [TaskCreated(aggregate_id=bad, title="bad", tenant_id=LONG)])
+    settled(store)
+    ProjectionRunner([TaskBoard()], batch_size=100).run_until_caught_up()
+    [letter] = DeadLetter.objects.filter(projection="task_board")
+    attempts = letter.attempts
+
+    outcome = retry(letter, store)
+
+    assert outcome.failed is not None and outcome.failed.event_position == poison.position
+    assert f"Event #{poison.position} failed again" in outcome.reason
+    assert "ValueTooLong" in outcome.failed.traceback
+    letter.refresh_from_db()
+    assert letter.resolved_at is None and letter.attempts == attempts + 1
     assert not TaskSummary.objects.exists()
