@@ -21,6 +21,7 @@ __all__ = [
     "Event",
     "LagSample",
     "ProjectionState",
+    "RunnerHeartbeat",
     "Snapshot",
 ]
 
@@ -245,6 +246,26 @@ class BuiltProjection(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} (built: {self.reason})" if self.reason else self.name
+
+
+class RunnerHeartbeat(models.Model):
+    """A runner's latest heartbeat, written by its heartbeat thread while it holds a
+    projection: one row per lock owner (``ProjectionState.owner``).
+
+    Not the state row's ``heartbeat_at``, which the runner writes between batches: a beat of
+    the state row would wait for a batch's lock on it. The status takes the newer of the two
+    (see `django_eventsource.heartbeats`).
+    """
+
+    owner = models.CharField(max_length=255, primary_key=True)
+    beat_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "runner heartbeat"
+        verbose_name_plural = "runner heartbeats"
+
+    def __str__(self) -> str:
+        return f"{self.owner} at {self.beat_at:%Y-%m-%d %H:%M:%S}"
 
 
 class DeadLetterResolution(models.TextChoices):

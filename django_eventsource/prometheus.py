@@ -172,7 +172,7 @@ def _gauges(check: StatusCheck, letters: dict[tuple[str, str], int]) -> Iterator
         "up": GaugeMetricFamily(
             "eventsource_worker_up",
             "1 when a runner has heartbeated for the projection within three heartbeat "
-            "intervals, else 0.",
+            "intervals (or, on SQLite, its process on this host lives), else 0.",
             labels=labels,
         ),
     }
@@ -184,7 +184,7 @@ def _gauges(check: StatusCheck, letters: dict[tuple[str, str], int]) -> Iterator
     )
     statuses = list(dict.fromkeys([*ProjectionStatus.values, "inline", *(r.status for r in rows)]))
     named = _named_tenants(rows, letters)
-    stale_after = 3 * get_settings().heartbeat_interval
+    stale_after = get_settings().heartbeat_timeout
     # (projection, tenant label) -> aggregated values
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
@@ -193,7 +193,11 @@ def _gauges(check: StatusCheck, letters: dict[tuple[str, str], int]) -> Iterator
             (row.projection, tenant),
             {"rows": 0, "statuses": dict.fromkeys(statuses, 0), "up": 1.0},
         )
-        alive = row.heartbeat_age is not None and row.heartbeat_age <= stale_after
+        # A live status is reported only for a runner that beats, or whose process lives
+        # while its beats wait for SQLite's write lock (see django_eventsource.heartbeats).
+        alive = row.status in (ProjectionStatus.RUNNING, ProjectionStatus.REBUILDING) or (
+            row.heartbeat_age is not None and row.heartbeat_age <= stale_after
+        )
         values = {
             "lag_events": row.lag_events,
             "held_events": row.held_events,

@@ -29,7 +29,7 @@ Reported, never stored:
 
 | status | meaning |
 | --- | --- |
-| `stale` | stored `running` or `rebuilding`, but the heartbeat is older than three heartbeat intervals: its process died (kill -9, a lost machine) |
+| `stale` | stored `running` or `rebuilding`, but the heartbeat is older than three heartbeat intervals: its process died (kill -9, a lost machine). A live runner keeps beating from a thread of its own, whatever its loop does (see `django_eventsource.heartbeats`) |
 | `interrupted` | stored `rebuilding`, and no runner claims it: the rebuild stopped cleanly (SIGTERM, ``--max-events``) before it caught up, and the read model is half-built until a rebuild or a catch-up of it resumes from the checkpoint |
 | `inline` | an inline projection that no runner has a checkpoint for: the appends keep it current |
 | `unbuilt` | an inline projection never replayed over the events stored before it (`django_eventsource.built`) |
@@ -206,13 +206,18 @@ def stale_after() -> float:
     return get_settings().heartbeat_timeout
 
 
-def reported_status(state: ProjectionState, *, now: datetime | None = None) -> str:
+def reported_status(
+    state: ProjectionState, *, now: datetime | None = None, runner_alive: bool = False
+) -> str:
     """The status to show: the stored one; `interrupted` for a rebuild that no runner
     claims (it stopped cleanly before it caught up); `stale` when a live status has no
-    fresh heartbeat (its runner died)."""
+    fresh heartbeat (its runner died), unless ``runner_alive``: its runner's process is
+    known to live (SQLite, where a batch holds the write lock that a beat needs; see
+    [`merge_beats`][django_eventsource.heartbeats.merge_beats], which also gives the row
+    its runner thread's newer beat)."""
     if state.status == Status.REBUILDING and not state.owner:
         return Status.INTERRUPTED
-    if state.status in LIVE:
+    if state.status in LIVE and not runner_alive:
         now = now or timezone.now()
         beat = state.heartbeat_at
         if beat is None or (now - beat).total_seconds() > stale_after():

@@ -19,6 +19,7 @@ from django_eventsource.backends.postgresql.horizon import (
 from django_eventsource.backends.postgresql.stamps import diagnose_stamps
 from django_eventsource.checkpoints import lag_from_pending, measure_lag
 from django_eventsource.conf import get_settings
+from django_eventsource.heartbeats import merge_beats
 from django_eventsource.projections import projection_registry
 from django_eventsource.store import BaseEventStore, EventStore
 from django_eventsource.text import plural
@@ -132,8 +133,11 @@ def projection_statuses(
     databases = {projection_registry.get(n)().database for n in wanted if n in projection_registry}
     if not databases:
         databases = {store.using if isinstance(store, EventStore) else "default"}
+    alive: set[str] = set()  # owners whose process lives, without a fresh beat (SQLite)
     for alias in sorted(databases):
-        for state in ProjectionState.objects.using(alias).filter(name__in=wanted):
+        found = list(ProjectionState.objects.using(alias).filter(name__in=wanted))
+        alive |= merge_beats(found, alias, now=now)  # the runners' threads beat elsewhere
+        for state in found:
             states[(state.name, state.tenant_id)] = state
     inline = {n for n in registered if projection_registry.get(n).inline}
     # Tenants whose events no state row covers: their rows are made up, `unassigned`.
@@ -155,7 +159,7 @@ def projection_statuses(
     statuses: list[str] = []
     for key, state in ordered:
         name = key[0]
-        status = reported_status(state, now=now)
+        status = reported_status(state, now=now, runner_alive=state.owner in alive)
         if key in unassigned:
             status = ProjectionStatus.UNASSIGNED
         elif (

@@ -23,7 +23,14 @@ if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
     from django.db.backends.utils import CursorWrapper
 
-__all__ = ["AppendRow", "Backend", "Listener", "ProjectionLock", "runner_identity"]
+__all__ = [
+    "AppendRow",
+    "Backend",
+    "Listener",
+    "ProjectionLock",
+    "runner_alive",
+    "runner_identity",
+]
 
 #: One event to append: (ordinal, event_id, event_type, schema_version, aggregate_type,
 #: payload JSON, metadata JSON, correlation_id, causation_id, occurred_at).
@@ -33,6 +40,48 @@ AppendRow = tuple[int, UUID, str, int, str, str, str, UUID | None, UUID | None, 
 def runner_identity() -> str:
     """How a runner names itself to others: ``host:pid``."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def runner_alive(owner: str, *, since: datetime | None = None) -> bool | None:
+    """Whether the runner ``owner`` names (``host:pid#tag``, see `runner_identity`) is
+    alive: True or False for a process of this host, None for another host's (only its
+    heartbeats can tell).
+
+    A zombie (a killed process its parent has not reaped) is gone, and so is a process
+    that started after ``since`` (the runner's last beat): its pid was reused (Linux; where
+    ``/proc`` cannot tell, a pid that exists counts as alive).
+    """
+    host, _, rest = owner.rpartition(":")
+    pid = rest.split("#", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, under another user
+        pass
+    seen = _process_state(int(pid))
+    if seen is None:
+        return True
+    state, started = seen
+    if state in ("Z", "X"):  # a zombie, or dead
+        return False
+    return since is None or started <= since.timestamp() + 1.0  # /proc/stat's btime: 1 s
+
+
+def _process_state(pid: int) -> tuple[str, float] | None:
+    """Process ``pid``'s state letter (``Z``: a zombie) and when it started (epoch
+    seconds), from ``/proc``; None when it cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as system:
+            boot = next(float(line.split()[1]) for line in system if line.startswith("btime"))
+        ticks = os.sysconf("SC_CLK_TCK")
+        return fields[0], boot + int(fields[19]) / ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 class ProjectionLock(ABC):

@@ -8,15 +8,13 @@ standby takes over then; a lease whose process is gone from this host is taken o
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from django.db.models import Q
 from django.utils import timezone
 
-from django_eventsource.backends.base import ProjectionLock
+from django_eventsource.backends.base import ProjectionLock, runner_alive
 from django_eventsource.constants import NO_TENANT
 from django_eventsource.transactions import write_transaction
 
@@ -32,18 +30,9 @@ logger = logging.getLogger(__name__)
 
 def _process_gone(owner: str) -> bool:
     """Whether ``owner`` (``host:pid#tag``, see `runner_identity`) names a process of this
-    host that no longer exists. Another host's runner can only be waited out."""
-    host, _, rest = owner.rpartition(":")
-    pid = rest.split("#", 1)[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # it exists, under another user
-        return False
-    return False
+    host that no longer exists (or is a zombie). Another host's runner can only be waited
+    out."""
+    return runner_alive(owner) is False
 
 
 class LeaseLock(ProjectionLock):

@@ -21,6 +21,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django_eventsource.checkpoints import CheckpointStore, DatabaseCheckpointStore
 from django_eventsource.conf import ERROR_POLICIES, check_batch_size, check_seconds
 from django_eventsource.exceptions import DatabaseBusy, EventSourceError, ProjectionLocked
+from django_eventsource.heartbeats import Heartbeat
 from django_eventsource.locks import ProjectionLock, lock_for
 from django_eventsource.runner.batch import CatchUpResult, RunResult, between_batches
 from django_eventsource.runner.held import HeldWatch, settle
@@ -77,7 +78,10 @@ class ProjectionRunner:
       lost its lock cannot commit);
     * the status changes only through `django_eventsource.state`: `running` while it works,
       `idle` when it caught up or stops cleanly (SIGTERM), `failed` when an event keeps
-      failing; a heartbeat every `HEARTBEAT_INTERVAL` (a dead runner is reported `stale`);
+      failing; a heartbeat every `HEARTBEAT_INTERVAL` between batches, and from a thread
+      of its own while it holds projections, whatever the loop does (a long batch, a
+      retry's backoff, a wait; see `django_eventsource.heartbeats`): a dead runner is
+      reported `stale`, a busy one never;
     * a failing event is retried alone with backoff, then the projection's error policy
       applies: ``pause`` (status failed, checkpoint stays before the event) or
       ``dead_letter`` (the event is set aside and the runner moves on); ``error_policy=
@@ -152,6 +156,9 @@ class ProjectionRunner:
         self._stop = threading.Event()
         self._locks: dict[str, ProjectionLock] = {}
         self._last_heartbeat: dict[str, float] = {}
+        #: Beats for the projections it holds from a thread of its own, whatever the loop
+        #: does (a long batch, a retry's backoff, a wait): a busy runner is never `stale`.
+        self._beats = Heartbeat(self.heartbeat_interval)
         #: Whether a run installs SIGINT and SIGTERM handlers that stop it (see
         #: [`handling_signals`][django_eventsource.runner.loop.ProjectionRunner.handling_signals]).
         self.install_signal_handlers = install_signal_handlers
@@ -220,12 +227,14 @@ class ProjectionRunner:
         while not lock.acquire():
             if not wait or self.wait(self.poll_interval):
                 return False
+        self._beats.add(lock.owner, projection.database)
         return True
 
     def release(self, projection: Projection) -> None:
         """Let go of the projection's lock (another runner may take it)."""
         lock = self._locks.pop(projection.label, None)
         if lock is not None:
+            self._beats.discard(lock.owner)
             with contextlib.suppress(DatabaseError):
                 lock.release()
 
@@ -261,6 +270,7 @@ class ProjectionRunner:
         return lock
 
     def _release_all(self) -> None:
+        self._beats.stop()
         for lock in self._locks.values():
             with contextlib.suppress(DatabaseError):
                 lock.release()
