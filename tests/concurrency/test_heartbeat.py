@@ -105,7 +105,7 @@ def test_a_worker_in_a_long_batch_stays_running_and_is_stale_once_killed(
         start = first.position or 0
         # Until the worker has committed two batches (and a third is in hand).
         assert wait_for(
-            lambda: ((row := samples.take()) is not None and (row.position or 0) > start + 5),
+            lambda: (row := samples.take()) is not None and (row.position or 0) > start + 5,
             120,
         )
         checked = check_cli(child_db_url)  # the command, mid-batch
