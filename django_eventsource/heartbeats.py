@@ -14,7 +14,7 @@ waited for it would wait for the whole batch. The status takes the newer of the 
 SQLite has one write lock, which a batch holds until it commits: no beat can be written
 meanwhile (and another runner's batch blocks this one's beats too). There the status asks
 the operating system instead: a runner of this host whose process is alive
-([`runner_alive`][django_eventsource.backends.base.runner_alive]) is not `stale`, however old
+(``backends.base.runner_alive``) is not `stale`, however old
 its beats. A runner on another host (a database file shared over the network, which SQLite
 does not recommend) can only be judged by its beats, and a batch of it longer than three
 heartbeat intervals reads `stale` while it runs.
@@ -39,10 +39,12 @@ from django_eventsource.transactions import write_transaction
 if TYPE_CHECKING:
     from django_eventsource.models import ProjectionState
 
-__all__ = ["PRUNE_AFTER", "Heartbeat", "merge_beats"]
+__all__ = ["JOIN_TIMEOUT", "PRUNE_AFTER", "Heartbeat", "merge_beats"]
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a stopping runner waits for its heartbeat thread to end, beyond two intervals.
+JOIN_TIMEOUT = 5.0
 #: Beats older than this (seconds) are deleted when a heartbeat starts: a killed runner's
 #: row is never read again once its projection is taken over, and is long stale anyway.
 PRUNE_AFTER = 3600.0
@@ -64,19 +66,23 @@ class Heartbeat:
         self.interval = interval
         self._owners: dict[str, str] = {}  # owner -> database alias
         self._guard = threading.Lock()
-        self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
-        #: What the thread wrote (owner -> alias), to delete when it stops.
-        self._written: dict[str, str] = {}
+        self._stopped = threading.Event()  # the running thread's own
+        self._failing: set[str] = set()  # databases its last beat could not be written to
 
     def add(self, owner: str, using: str) -> None:
         """Beat for ``owner`` (a lock's owner id) in database ``using``; starts the thread."""
         with self._guard:
             self._owners[owner] = using
             if self._thread is None:
-                self._stopped.clear()
+                # Each thread has its own stop event: one that outlives its stop (a beat
+                # that waits for the database) never beats on for its successor.
+                self._stopped = threading.Event()
                 self._thread = threading.Thread(
-                    target=self._run, name=f"django_eventsource heartbeat {owner}", daemon=True
+                    target=self._run,
+                    args=(self._stopped,),
+                    name=f"django_eventsource heartbeat {owner}",
+                    daemon=True,
                 )
                 self._thread.start()
 
@@ -90,13 +96,15 @@ class Heartbeat:
 
     def stop(self) -> None:
         """Stop beating: the thread ends its beat in hand, deletes its rows, closes its
-        connections, and is joined."""
+        connections, and is joined. A beat waits for the database at most about an
+        interval (SQLite's write lock), so the join is bounded; a thread still waiting
+        after that is left to end on its own (a daemon: it never holds the process)."""
         with self._guard:
             self._owners.clear()
             thread, self._thread = self._thread, None
-        self._stopped.set()
+            self._stopped.set()
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            thread.join(timeout=JOIN_TIMEOUT + 2 * self.interval)
 
     @property
     def alive(self) -> bool:
@@ -104,18 +112,20 @@ class Heartbeat:
         thread = self._thread
         return thread is not None and thread.is_alive()
 
-    def _run(self) -> None:
+    def _run(self, stopped: threading.Event) -> None:
+        written: dict[str, str] = {}  # what it wrote (owner -> alias), deleted at the end
         try:
             pruned: set[str] = set()
-            while not self._stopped.wait(self.interval):
+            while not stopped.wait(self.interval):
                 with self._guard:
-                    owners = dict(self._owners)
+                    owners = dict(self._owners) if not stopped.is_set() else {}
                 for using in sorted(set(owners.values())):
                     mine = [owner for owner, alias in owners.items() if alias == using]
-                    self._beat(using, mine, prune=using not in pruned)
+                    if self._beat(using, mine, prune=using not in pruned):
+                        written.update(dict.fromkeys(mine, using))
                     pruned.add(using)
         finally:
-            self._forget()
+            self._forget(written)
             connections.close_all()  # this thread's connections only
 
     def _connect(self, using: str) -> None:
@@ -128,7 +138,8 @@ class Heartbeat:
                 with connection.cursor() as cursor:
                     cursor.execute(f"PRAGMA busy_timeout = {max(int(self.interval * 1000), 50)}")
 
-    def _beat(self, using: str, owners: list[str], *, prune: bool) -> None:
+    def _beat(self, using: str, owners: list[str], *, prune: bool) -> bool:
+        """Write the beat of ``owners``; returns whether it was written."""
         from django_eventsource.models import RunnerHeartbeat
 
         now = timezone.now()
@@ -144,26 +155,39 @@ class Heartbeat:
                     unique_fields=["owner"],
                     update_fields=["beat_at"],
                 )
-            self._written.update(dict.fromkeys(owners, using))
         except DatabaseError as exc:
-            # The next beat tries again (SQLite: a batch holds the write lock; a database
-            # restart). The status judges the runner by its beats meanwhile.
-            logger.debug("A heartbeat could not be written: %s", printable(exc))
+            # The next beat tries again (SQLite: a batch holds the write lock, as expected;
+            # elsewhere a database restart, or no connection to spare: said once a streak).
+            vendor = connections[using].vendor
+            first = using not in self._failing
+            self._failing.add(using)
+            logger.log(
+                logging.WARNING if first and vendor != "sqlite" else logging.DEBUG,
+                "The runner's heartbeat could not be written (the next one tries again): %s",
+                printable(exc),
+                extra={"database": using, "error": str(exc)},
+            )
             with contextlib.suppress(DatabaseError):
                 connections[using].close()
+            return False
+        self._failing.discard(using)
+        return True
 
-    def _forget(self) -> None:
-        """Delete the rows this thread wrote: a runner that stops cleanly leaves none."""
+    def _forget(self, written: dict[str, str]) -> None:
+        """Delete the rows ``written``: a runner that stops cleanly leaves none."""
         from django_eventsource.models import RunnerHeartbeat
 
-        for using in sorted(set(self._written.values())):
-            mine = [owner for owner, alias in self._written.items() if alias == using]
+        for using in sorted(set(written.values())):
+            mine = [owner for owner, alias in written.items() if alias == using]
             try:
                 self._connect(using)
                 RunnerHeartbeat.objects.using(using).filter(owner__in=mine).delete()
             except DatabaseError as exc:
-                logger.debug("Heartbeats could not be deleted: %s", printable(exc))
-        self._written.clear()
+                logger.debug(
+                    "The runner's heartbeats could not be deleted: %s",
+                    printable(exc),
+                    extra={"database": using, "error": str(exc)},
+                )
 
 
 def merge_beats(
