@@ -106,12 +106,6 @@ class Heartbeat:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=JOIN_TIMEOUT + 2 * self.interval)
 
-    @property
-    def alive(self) -> bool:
-        """Whether the thread runs."""
-        thread = self._thread
-        return thread is not None and thread.is_alive()
-
     def _run(self, stopped: threading.Event) -> None:
         written: dict[str, str] = {}  # what it wrote (owner -> alias), deleted at the end
         try:

@@ -1,6 +1,6 @@
 """A live worker is never reported `stale`, whatever its loop is doing; a dead one always is.
 
-Real follower processes with a heartbeat every 0.3 s (stale after 1 s), and a status read
+Real follower processes with a heartbeat every 0.5 s (stale after 1.5 s), and a status read
 over and over while they work: through a batch far longer than that (a slow handler), and
 through a retry's backoff (a failing handler). Then kill -9 makes them `stale`, and SIGTERM
 leaves the projection `idle` with no heartbeat behind.
@@ -22,18 +22,30 @@ from django_eventsource.models import RunnerHeartbeat
 from django_eventsource.state import stale_after
 from django_eventsource.status import check_status, projection_statuses
 from tests.factories import task_history
-from tests.helpers import ROOT, child_env, settled, start_follower, wait_for
+from tests.helpers import ROOT, child_env, settled, start_command, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-#: start_follower's heartbeat interval: a runner is stale 1 s (at least) after its last beat.
-INTERVAL = {"EVENTSOURCE_HEARTBEAT_INTERVAL": "0.3"}
+#: The followers' heartbeat interval: a runner is stale 1.5 s after its last beat.
+INTERVAL = {"EVENTSOURCE_HEARTBEAT_INTERVAL": "0.5"}
 
 
 @pytest.fixture(autouse=True)
 def follower_heartbeat(settings: Any) -> None:
     """This process reads statuses with the followers' heartbeat interval."""
-    settings.EVENTSOURCE = {**settings.EVENTSOURCE, "HEARTBEAT_INTERVAL": 0.3}
+    settings.EVENTSOURCE = {**settings.EVENTSOURCE, "HEARTBEAT_INTERVAL": 0.5}
+
+
+def follower(db_url: str, *, handler_sleep: str, **env: str) -> subprocess.Popen[str]:
+    """A ``replay_projections task_board --follow`` worker, in batches of 5 events."""
+    return start_command(
+        db_url,
+        *("replay_projections", "task_board", "--follow", "--batch-size", "5"),
+        TESTAPP_HANDLER_SLEEP=handler_sleep,
+        EVENTSOURCE_POLL_INTERVAL="0.1",
+        **INTERVAL,
+        **env,
+    )
 
 
 def state() -> ProjectionState | None:
@@ -91,12 +103,12 @@ def kill(worker: subprocess.Popen[str]) -> None:
 def test_a_worker_in_a_long_batch_stays_running_and_is_stale_once_killed(
     child_db_url: str,
 ) -> None:
-    """Batches of 5 events at 0.5 s each: every batch outlasts the stale threshold (1 s)
-    2.5 times, and on PostgreSQL holds the state row's lock until it commits."""
+    """Batches of 5 events at 0.6 s each: every batch outlasts the stale threshold (1.5 s)
+    twice, and on PostgreSQL holds the state row's lock until it commits."""
     store = EventStore()
     task_history(store, tasks=6, seed=71)
     settled(store)
-    worker = start_follower(child_db_url, handler_sleep="0.5")
+    worker = follower(child_db_url, handler_sleep="0.6")
     samples = Samples()
     try:
         assert wait_for(lambda: (row := state()) is not None and row.status == "running", 60)
@@ -133,7 +145,7 @@ def test_a_worker_in_a_retry_backoff_stays_running_and_is_stale_once_killed(
     store.append(bad, [TaskCreated(aggregate_id=bad, title="ok")])
     store.append(bad, [TaskRenamed(aggregate_id=bad, title="boom")])  # the handler refuses it
     settled(store)
-    worker = start_follower(
+    worker = follower(
         child_db_url,
         handler_sleep="0",
         EVENTSOURCE_RETRY_BACKOFF="3.0",
@@ -166,7 +178,7 @@ def test_sigterm_in_a_long_batch_leaves_the_projection_idle_and_no_heartbeat(
     store = EventStore()
     task_history(store, tasks=4, seed=72)
     settled(store)
-    worker = start_follower(child_db_url, handler_sleep="0.5")
+    worker = follower(child_db_url, handler_sleep="0.5")
     try:
         assert wait_for(lambda: (row := state()) is not None and row.status == "running", 60)
         # Its heartbeat thread beats (on SQLite, once no batch holds the write lock).
