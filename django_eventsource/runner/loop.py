@@ -205,6 +205,8 @@ class ProjectionRunner:
             return
 
         def handler(signum: int, frame: Any) -> None:
+            if self._stop.is_set():
+                return  # said once: a repeat would print while the first may still be
             self.report("signal", signal=signal.Signals(signum).name)
             self.stop()
 

@@ -20,7 +20,15 @@ from django_eventsource import EventStore, ProjectionState
 from django_eventsource.status import projection_statuses
 from tests.factories import task_history
 from tests.fold import fold_task_board, task_board_rows
-from tests.helpers import ROOT, all_events, child_env, settled, start_command, wait_for
+from tests.helpers import (
+    ROOT,
+    all_events,
+    child_env,
+    settled,
+    start_command,
+    wait_for,
+    wait_until_following,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -93,6 +101,32 @@ def test_sigterm_leaves_the_projections_idle(child_db_url: str) -> None:
     time.sleep(2.0)
     assert {r.status for r in projection_statuses(["task_board", "tenant_stats"])} == {"idle"}
     assert cli(child_db_url, "projection_status", "--check", "--max-lag", "0").returncode == 0
+
+
+def test_signals_while_a_worker_stops_do_not_kill_it(child_db_url: str) -> None:
+    """An impatient operator: SIGTERM, then SIGINT and SIGTERM again and again while the
+    worker stops. It still exits 0 with its projections idle. (Once its run was over, the
+    runner had put Python's default handlers back, and a second SIGTERM killed it: -15.)"""
+    store = EventStore()
+    task_history(store, tasks=5, seed=43)
+    worker = follower(child_db_url, "task_board", PYTHONUNBUFFERED="1")
+    assert worker.stdout is not None
+    try:
+        wait_until_following(worker)
+        assert wait_for(running, 60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        # Said once, before the signals that follow (stdout also has its progress lines).
+        said = next((line for line in worker.stdout if "Received" in line), "")
+        while worker.poll() is None:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                worker.send_signal(signum)
+            time.sleep(0.002)
+        _, err = worker.communicate(timeout=60)
+    assert "Received SIGTERM" in said, said
+    assert worker.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert (row().status, row().owner) == ("idle", "")
 
 
 def test_a_killed_worker_is_reported_stale(child_db_url: str, admin_client: Any) -> None:
