@@ -14,6 +14,7 @@ from django_eventsource import control
 from django_eventsource.conf import MAX_BATCH_SIZE
 from django_eventsource.exceptions import DatabaseBusy, UnknownTenant
 from django_eventsource.projections import Projection, projection_registry
+from django_eventsource.runner import StopSignals
 from django_eventsource.store import BaseEventStore
 from django_eventsource.text import printable
 
@@ -157,6 +158,25 @@ class ProjectionCommand(BaseCommand):
                 f"Unknown database {alias!r}. Configured databases: {', '.join(connections)}."
             )
         return alias
+
+
+class StopsOnSignals(BaseCommand):
+    """A command whose SIGINT and SIGTERM, from the command line, are one `StopSignals`'s
+    from its start to the process's exit: a signal never kills it on its way (Python's
+    default handler is not put back between its runs, nor, as the process exits, is it
+    the default's), so its exit code and its last lines are its own. The command asks
+    ``signals`` where it can stop cleanly."""
+
+    #: SIGINT and SIGTERM, from the command's start to its exit (None: not installed).
+    signals: StopSignals | None = None
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        self.signals = StopSignals()
+        self.signals.install()
+        try:
+            super().run_from_argv(argv)
+        finally:  # its exit code (sys.exit) and output are the command's
+            self.signals.ignore_until_exit()
 
 
 class ProgressPrinter:

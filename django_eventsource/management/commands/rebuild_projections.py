@@ -13,7 +13,11 @@ from django_eventsource.exceptions import (
     RebuildAborted,
     RebuildRefused,
 )
-from django_eventsource.management.commands._base import ProgressPrinter, ProjectionCommand
+from django_eventsource.management.commands._base import (
+    ProgressPrinter,
+    ProjectionCommand,
+    StopsOnSignals,
+)
 from django_eventsource.models import ProjectionStatus
 from django_eventsource.projections import Projection
 from django_eventsource.rebuild import RebuildPlan, plan_rebuild, rebuild
@@ -23,7 +27,7 @@ from django_eventsource.store import EventStore
 from django_eventsource.text import plural, printable
 
 
-class Command(ProjectionCommand):
+class Command(StopsOnSignals, ProjectionCommand):
     help = (
         "Delete the rows of the named projections (their models' rows, or what their "
         "_truncate_read_models() hook removes), reset "
@@ -38,18 +42,6 @@ class Command(ProjectionCommand):
     )
     requires_migrations_checks = True
     all_by_default = False
-    #: SIGINT and SIGTERM, from the command's start to its exit (see `execute`).
-    signals: StopSignals | None = None
-
-    def run_from_argv(self, argv: list[str]) -> None:
-        # From the command line: from here to the process's exit, a signal never kills it
-        # (Python's default handler is not put back; nor, as it exits, is its default).
-        self.signals = StopSignals()
-        self.signals.install()
-        try:
-            super().run_from_argv(argv)
-        finally:  # its exit code (sys.exit) and output are the command's
-            self.signals.ignore_until_exit()
 
     def execute(self, *args: Any, **options: Any) -> Any:
         """Run the whole command (checks, plan, question, every rebuild) under one

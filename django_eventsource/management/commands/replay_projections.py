@@ -8,10 +8,14 @@ from typing import TYPE_CHECKING, Any
 from django.core.management.base import CommandError, CommandParser
 
 from django_eventsource import metrics
-from django_eventsource.management.commands._base import ProgressPrinter, ProjectionCommand
+from django_eventsource.management.commands._base import (
+    ProgressPrinter,
+    ProjectionCommand,
+    StopsOnSignals,
+)
 from django_eventsource.models import ProjectionStatus
 from django_eventsource.projections import Projection
-from django_eventsource.runner import ProjectionRunner, StopSignals
+from django_eventsource.runner import ProjectionRunner
 from django_eventsource.store import EventStore
 from django_eventsource.text import plural, printable
 
@@ -19,7 +23,7 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
 
-class Command(ProjectionCommand):
+class Command(StopsOnSignals, ProjectionCommand):
     help = (
         "Apply new events to projections from their checkpoints until they are caught up, "
         "or keep running with --follow (a worker: wakes on PostgreSQL NOTIFY, polls "
@@ -33,22 +37,6 @@ class Command(ProjectionCommand):
         "them or pass --all to replay them too."
     )
     requires_migrations_checks = True
-    #: From the command line: SIGINT and SIGTERM from the start to the process's exit.
-    signals: StopSignals | None = None
-
-    def run_from_argv(self, argv: list[str]) -> None:
-        # From the command line, a signal never kills the process on its way: one noted
-        # before the run begins (checks, set-up) stops the run at once, and once the run is
-        # over (the runner's handlers restored) it is ignored, so that the exit code and the
-        # last lines are the command's. Python puts its default handler back as it exits,
-        # where a second SIGTERM killed a stopping worker (exit -15).
-        self.signals = StopSignals()
-        self.signals.install()
-        try:
-            super().run_from_argv(argv)
-        finally:
-            self.signals.ignore_until_exit()
-
     skip_inline_by_default = True
 
     def add_arguments(self, parser: CommandParser) -> None:
